@@ -1,0 +1,3 @@
+"""Tributary: an Airflow-orchestrated streaming data platform."""
+
+__version__ = "0.1.0"
