@@ -133,6 +133,8 @@ class UserEventRules:
     allowed_actions: tuple[str, ...]
     max_future_skew_s: int
     max_location_length: int
+    # Other string fields; also keeps every value under Elasticsearch's keyword term limit.
+    max_string_length: int = 256
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,27 @@
+"""SparkSession construction shared by every job and by the tests."""
+
+from __future__ import annotations
+
+from pyspark.sql import SparkSession
+
+# Event time is UTC everywhere: windows, day partitions and the raw tables all agree on it.
+BASE_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.shuffle.partitions": "4",
+    # Streaming state is small (per user and window); RocksDB keeps it off the JVM heap and
+    # makes checkpoints incremental.
+    "spark.sql.streaming.stateStore.providerClass": (
+        "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+    ),
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+}
+
+
+def build_session(app_name: str, master: str | None = None, extra_conf: dict[str, str] | None = None) -> SparkSession:
+    """A SparkSession with Tributary's base configuration (`master` None: spark-submit decides)."""
+    builder = SparkSession.builder.appName(app_name)
+    if master:
+        builder = builder.master(master)
+    for key, value in {**BASE_CONF, **(extra_conf or {})}.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()

@@ -1,0 +1,1 @@
+"""The user_events pipeline: validation, raw store, enrichment, windowed activity, anomalies."""

@@ -1,0 +1,277 @@
+"""user_events transformations: pure `DataFrame -> DataFrame` functions.
+
+The streaming job and the backfill job both call these, so a backfill reproduces exactly what
+streaming wrote. Nothing here reads or writes outside Spark; every rule, window and threshold
+comes from the catalog entry passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.window import Window as SqlWindow
+
+from tributary.catalog import AnomalyRules, Pipeline, UserEventRules, Window
+
+# Rule names, as stored in dead_letters.reasons and counted per batch.
+RULE_UTF8 = "payload_utf8"
+RULE_JSON = "json_object"
+RULE_REQUIRED = "required_fields"
+RULE_USER_ID = "user_id_positive"
+RULE_PRODUCT_ID = "product_id_positive"
+RULE_ACTION = "action_allowed"
+RULE_TS_PARSE = "timestamp_parseable"
+RULE_TS_FUTURE = "timestamp_not_future"
+RULE_LOCATION = "location_length"
+RULE_STRING_LENGTH = "string_length"
+RULE_IP = "ip_valid"
+
+ALL_RULES = (
+    RULE_UTF8,
+    RULE_JSON,
+    RULE_REQUIRED,
+    RULE_USER_ID,
+    RULE_PRODUCT_ID,
+    RULE_ACTION,
+    RULE_TS_PARSE,
+    RULE_TS_FUTURE,
+    RULE_LOCATION,
+    RULE_STRING_LENGTH,
+    RULE_IP,
+)
+
+_INTEGER_TYPES = ("TINYINT", "SMALLINT", "INT", "BIGINT")
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(\.{_OCTET}){{3}}"
+_H16 = r"[0-9a-fA-F]{1,4}"
+# Full and compressed IPv6 forms, optionally ending in an embedded IPv4 address; every string it
+# accepts is also accepted by PostgreSQL's inet type (tests check it against both).
+_IPV6 = (
+    rf"(({_H16}:){{7}}{_H16}"
+    rf"|({_H16}:){{1,7}}:"
+    rf"|({_H16}:){{1,6}}:{_H16}"
+    rf"|({_H16}:){{1,5}}(:{_H16}){{1,2}}"
+    rf"|({_H16}:){{1,4}}(:{_H16}){{1,3}}"
+    rf"|({_H16}:){{1,3}}(:{_H16}){{1,4}}"
+    rf"|({_H16}:){{1,2}}(:{_H16}){{1,5}}"
+    rf"|{_H16}:(:{_H16}){{1,6}}"
+    rf"|:((:{_H16}){{1,7}}|:)"
+    rf"|({_H16}:){{6}}{_IPV4}"
+    rf"|::(ffff(:0{{1,4}})?:)?{_IPV4}"
+    rf"|({_H16}:){{1,5}}:{_IPV4})"
+)
+IP_PATTERN = rf"^({_IPV4}|{_IPV6})$"
+
+# Validated event columns, in the order of the raw table.
+EVENT_COLUMNS = (
+    "topic",
+    "kafka_partition",
+    "kafka_offset",
+    "kafka_timestamp",
+    "event_ts",
+    "user_id",
+    "product_id",
+    "action",
+    "device_id",
+    "device_type",
+    "location",
+    "user_segment",
+    "ip_address",
+)
+STRING_FIELDS = ("action", "device_id", "device_type", "location", "user_segment", "ip_address")
+
+
+def _field(doc: Column, name: str, type_: str) -> Column:
+    return F.try_variant_get(doc, f"$.{name}", type_)
+
+
+def _is_integer(doc: Column, name: str) -> Column:
+    return F.schema_of_variant(_field(doc, name, "variant")).isin(*_INTEGER_TYPES)
+
+
+def _failed(rule: str, passes: Column) -> Column:
+    """The rule's name when `passes` is false or unknown, else null."""
+    return F.when(~F.coalesce(passes, F.lit(False)), F.lit(rule))
+
+
+def parse_user_events(kafka_rows: DataFrame, pipeline: Pipeline) -> DataFrame:
+    """Kafka records -> one row per record: typed event fields plus `violations` (rule names).
+
+    Input columns are those of the Kafka source (key, value, topic, partition, offset, timestamp).
+    A record is valid when `violations` is empty. Malformed input of any kind (binary, truncated
+    JSON, wrong types, huge strings) yields violations, never an error: `try_*` functions only.
+    """
+    rules = pipeline.validation
+    if not isinstance(rules, UserEventRules):
+        raise TypeError(f"pipeline {pipeline.name} does not carry user-event validation rules")
+
+    text = F.col("value").cast("string")
+    utf8_ok = F.col("value").isNotNull() & F.try_validate_utf8(text).isNotNull()
+    doc = F.when(utf8_ok, F.try_parse_json(text))
+    is_object = F.coalesce(F.schema_of_variant(doc).startswith("OBJECT"), F.lit(False))
+
+    required = [f.name for f in pipeline.schema if f.required]
+    present = {name: _field(doc, name, "string").isNotNull() for name in (f.name for f in pipeline.schema)}
+    ts_text = _field(doc, "timestamp", "string")
+    event_ts = F.when(
+        _field(doc, "timestamp", "variant").isNotNull() & ~_is_integer(doc, "timestamp"), F.try_to_timestamp(ts_text)
+    )
+    user_id = F.when(_is_integer(doc, "user_id"), _field(doc, "user_id", "bigint"))
+    product_id = F.when(_is_integer(doc, "product_id"), _field(doc, "product_id", "bigint"))
+    strings = {name: _field(doc, name, "string") for name in STRING_FIELDS}
+
+    def when_present(name: str, passes: Column) -> Column:
+        return ~present[name] | passes
+
+    field_rules = [
+        _failed(RULE_REQUIRED, _all(present[name] for name in required)),
+        _failed(RULE_USER_ID, when_present("user_id", user_id > 0)),
+        _failed(RULE_PRODUCT_ID, when_present("product_id", product_id > 0)),
+        _failed(RULE_ACTION, when_present("action", strings["action"].isin(*rules.allowed_actions))),
+        _failed(RULE_TS_PARSE, when_present("timestamp", event_ts.isNotNull())),
+        # Compared with the broker's timestamp, not the clock, so a backfill decides the same.
+        _failed(
+            RULE_TS_FUTURE,
+            event_ts.isNull() | (event_ts <= F.col("timestamp") + F.make_interval(secs=F.lit(rules.max_future_skew_s))),
+        ),
+        _failed(RULE_LOCATION, when_present("location", F.length(strings["location"]) <= rules.max_location_length)),
+        _failed(
+            RULE_STRING_LENGTH,
+            _all(
+                when_present(name, F.length(strings[name]) <= rules.max_string_length)
+                for name in STRING_FIELDS
+                if name != "location"
+            ),
+        ),
+        _failed(RULE_IP, when_present("ip_address", strings["ip_address"].rlike(IP_PATTERN))),
+    ]
+    violations = (
+        F.when(~utf8_ok, F.array(F.lit(RULE_UTF8)))
+        .when(~is_object, F.array(F.lit(RULE_JSON)))
+        .otherwise(F.array_compact(F.array(*field_rules)))
+    )
+    return kafka_rows.select(
+        F.col("topic"),
+        F.col("partition").alias("kafka_partition"),
+        F.col("offset").alias("kafka_offset"),
+        F.col("timestamp").alias("kafka_timestamp"),
+        F.col("value").alias("payload"),
+        event_ts.alias("event_ts"),
+        user_id.alias("user_id"),
+        product_id.alias("product_id"),
+        *(strings[name].alias(name) for name in STRING_FIELDS),
+        violations.alias("violations"),
+    ).select(*EVENT_COLUMNS, "payload", "violations")
+
+
+def _all(columns: Iterable[Column]) -> Column:
+    result = F.lit(True)
+    for column in columns:
+        result = result & column
+    return result
+
+
+def valid_events(parsed: DataFrame) -> DataFrame:
+    """Rows that passed every rule, with the raw table's columns."""
+    return parsed.where(F.size("violations") == 0).select(*EVENT_COLUMNS)
+
+
+def dead_letters(parsed: DataFrame, pipeline_name: str) -> DataFrame:
+    """Rows that failed a rule: source position, raw payload and the names of all failed rules."""
+    return parsed.where(F.size("violations") > 0).select(
+        "topic",
+        "kafka_partition",
+        "kafka_offset",
+        F.lit(pipeline_name).alias("pipeline"),
+        "kafka_timestamp",
+        "payload",
+        F.col("violations").alias("reasons"),
+    )
+
+
+def violation_counts(parsed: DataFrame) -> DataFrame:
+    """(rule, records) for the rules failed in `parsed`; a record failing two rules counts twice."""
+    return parsed.select(F.explode("violations").alias("rule")).groupBy("rule").agg(F.count("*").alias("records"))
+
+
+def enrich_with_users(events: DataFrame, users: DataFrame) -> DataFrame:
+    """Adds `user_name` and `region` from the users table (null for users not in it)."""
+    lookup = users.select("user_id", F.col("name").alias("user_name"), "region")
+    return events.join(F.broadcast(lookup), on="user_id", how="left")
+
+
+def activity_windows(events: DataFrame, window: Window, actions: tuple[str, ...]) -> DataFrame:
+    """Per-user activity in event-time windows, with the window's watermark.
+
+    On a streaming DataFrame the watermark bounds state and lateness; on a batch DataFrame (the
+    backfill) it is a no-op, so both compute the same windows from the same events.
+    """
+    if window.spark_slide is None:
+        bucket = F.window("event_ts", window.spark_duration)
+    else:
+        bucket = F.window("event_ts", window.spark_duration, window.spark_slide)
+    per_action = [F.sum(F.when(F.col("action") == a, 1).otherwise(0)).alias(f"_n_{a}") for a in actions]
+    grouped = (
+        events.withWatermark("event_ts", window.spark_watermark)
+        .groupBy(bucket.alias("w"), "user_id")
+        .agg(
+            F.count("*").alias("event_count"),
+            F.collect_set("product_id").alias("_products"),
+            F.min("event_ts").alias("first_event_ts"),
+            F.max("event_ts").alias("last_event_ts"),
+            *per_action,
+        )
+    )
+    counts = F.create_map(*[part for a in actions for part in (F.lit(a), F.col(f"_n_{a}"))])
+    return grouped.select(
+        "user_id",
+        F.col("w.start").alias("window_start"),
+        F.lit(window.duration_s).alias("window_seconds"),
+        "event_count",
+        F.size("_products").alias("distinct_products"),
+        F.map_filter(counts, lambda _, n: n > 0).alias("action_counts"),
+        "first_event_ts",
+        "last_event_ts",
+    )
+
+
+def score_anomalies(closed_windows: DataFrame, rules: AnomalyRules) -> DataFrame:
+    """Anomalous (user, window) rows among *closed* windows, with z-score, rule and severity.
+
+    The z-score compares a user's count with the *other* users of the same window (leave-one-out
+    mean and standard deviation), so one huge burst cannot hide itself by inflating the mean.
+    The deviation is floored at one event: counts are integers, and a window where every other
+    user did exactly the same would otherwise divide by zero.
+    Input: `activity_windows` rows of complete windows (all users of a window in one DataFrame).
+    """
+    by_window = SqlWindow.partitionBy("window_start", "window_seconds")
+    x = F.col("event_count").cast("double")
+    users = F.count("*").over(by_window)
+    total = F.sum(x).over(by_window)
+    total_sq = F.sum(x * x).over(by_window)
+    others = users - 1
+    mean_others = (total - x) / others
+    var_others = (total_sq - x * x) / others - mean_others * mean_others
+    std_others = F.greatest(F.sqrt(F.greatest(var_others, F.lit(0.0))), F.lit(1.0))
+    zscore = F.when(users >= rules.min_users_for_zscore, (x - mean_others) / std_others)
+
+    scored = closed_windows.select("*", F.round(zscore, 4).alias("zscore"))
+    over_threshold = F.col("event_count") > rules.count_threshold
+    over_zscore = F.coalesce(F.col("zscore") > rules.zscore_limit, F.lit(False))
+    ratio = F.greatest(
+        F.col("event_count") / F.lit(float(rules.count_threshold)),
+        F.coalesce(F.col("zscore") / F.lit(rules.zscore_limit), F.lit(0.0)),
+    )
+    return scored.where(over_threshold | over_zscore).select(
+        "*",
+        F.when(over_threshold & over_zscore, "threshold+zscore")
+        .when(over_threshold, "threshold")
+        .otherwise("zscore")
+        .alias("rule"),
+        F.when(ratio >= rules.critical_factor, "critical")
+        .when(ratio >= rules.high_factor, "high")
+        .otherwise("medium")
+        .alias("severity"),
+    )
