@@ -22,6 +22,10 @@ def build_session(app_name: str, master: str | None = None, extra_conf: dict[str
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
+    if master and master.startswith("local"):
+        # Keep a local driver on loopback (the host name may resolve elsewhere; nothing should
+        # listen beyond 127.0.0.1 on a developer machine).
+        builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
     for key, value in {**BASE_CONF, **(extra_conf or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()

@@ -1,0 +1,1 @@
+"""Idempotent sinks: PostgreSQL (COPY + merge), Elasticsearch (deterministic ids), the outbox."""

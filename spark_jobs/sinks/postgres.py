@@ -1,0 +1,142 @@
+"""PostgreSQL sink: COPY into a staging table, then merge into the target with ON CONFLICT.
+
+Replays are harmless: raw rows are keyed by source position (`DO NOTHING`), summaries by
+(key, window) (`DO UPDATE` with the recomputed values). Everything one micro-batch writes goes
+through one `PostgresBatch` transaction, so rows and the outbox messages they cause commit
+together or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from types import TracebackType
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from tributary.clients import plain_pg_url
+
+log = logging.getLogger(__name__)
+
+
+class SinkError(RuntimeError):
+    """A write to a sink failed; the message names the table, the batch and what to check."""
+
+
+@dataclass(frozen=True)
+class MergeTarget:
+    """How rows land in one table: its key and whether a replayed key updates or is skipped."""
+
+    table: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+    update: bool = False
+
+    def merge_sql(self, stage: str) -> sql.Composed:
+        cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
+        if self.update:
+            updates = [c for c in self.columns if c not in self.key]
+            conflict = sql.SQL("({}) DO UPDATE SET {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, self.key)),
+                sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates),
+            )
+        else:
+            conflict = sql.SQL("DO NOTHING")
+        return sql.SQL("INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT {conflict}").format(
+            table=sql.Identifier(self.table), cols=cols, stage=sql.Identifier(stage), conflict=conflict
+        )
+
+
+class PostgresSink:
+    """A long-lived connection for one job; `batch()` opens the transaction of one micro-batch."""
+
+    def __init__(self, pg_url: str, *, application_name: str) -> None:
+        self._url = plain_pg_url(pg_url)
+        self._application_name = application_name
+        self._conn: psycopg.Connection[Any] | None = None
+        self._partitions_known: set[tuple[str, date]] = set()
+
+    def connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            try:
+                self._conn = psycopg.connect(self._url, application_name=self._application_name)
+            except psycopg.OperationalError as exc:
+                raise SinkError(
+                    f"cannot connect to PostgreSQL for {self._application_name}: {exc}; check TRIBUTARY_PG_URL"
+                ) from exc
+            self._partitions_known.clear()
+        return self._conn
+
+    def batch(self, label: str) -> PostgresBatch:
+        return PostgresBatch(self, label)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class PostgresBatch:
+    """One transaction: merge tables, enqueue outbox messages, record counts; commit on exit."""
+
+    def __init__(self, sink: PostgresSink, label: str) -> None:
+        self._sink = sink
+        self.label = label
+        self.counts: dict[str, int] = {}
+        self._new_partitions: list[tuple[str, date]] = []
+
+    def __enter__(self) -> PostgresBatch:
+        self._conn = self._sink.connection()
+        self._cur = self._conn.cursor()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._cur.close()
+        if exc_type is not None:
+            self._conn.rollback()
+            return
+        self._conn.commit()
+        self._sink._partitions_known.update(self._new_partitions)
+
+    def ensure_day_partitions(self, table: str, days: Iterable[date]) -> None:
+        """Creates the day partitions rows of this batch will land in (known ones are skipped)."""
+        for day in sorted(set(days)):
+            if (table, day) in self._sink._partitions_known:
+                continue
+            self._cur.execute("SELECT ensure_day_partition(%s, %s)", (table, day))
+            self._new_partitions.append((table, day))
+
+    def merge(self, target: MergeTarget, payload: Iterable[memoryview | bytes]) -> int:
+        """COPY `payload` (CSV lines of `target.columns`) into staging, merge; returns rows merged."""
+        stage = f"_stage_{target.table}"
+        cols = sql.SQL(", ").join(map(sql.Identifier, target.columns))
+        try:
+            self._cur.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                ).format(stage=sql.Identifier(stage), table=sql.Identifier(target.table))
+            )
+            with self._cur.copy(
+                sql.SQL("COPY {stage} ({cols}) FROM STDIN (FORMAT csv)").format(stage=sql.Identifier(stage), cols=cols)
+            ) as copy:
+                for chunk in payload:
+                    copy.write(chunk)
+            self._cur.execute(target.merge_sql(stage))
+            merged = self._cur.rowcount
+        except psycopg.Error as exc:
+            raise SinkError(
+                f"{self.label}: writing {target.table} failed: {exc.__class__.__name__}: {exc}".rstrip()
+                + "; the batch is rolled back and will be retried from the checkpoint"
+            ) from exc
+        self.counts[target.table] = self.counts.get(target.table, 0) + merged
+        return merged
+
+    def execute(self, statement: sql.Composable | str, params: Sequence[Any] | None = None) -> int:
+        self._cur.execute(statement, params)  # type: ignore[arg-type]
+        return self._cur.rowcount
