@@ -76,7 +76,7 @@ def tributary_bootstrap() -> None:
 
     migrations, topics, templates = migrate_schema(), create_kafka_topics(), put_index_templates()
     migrations >> topics >> templates
-    report([migrations, topics, templates])
+    report([migrations, topics, templates])  # type: ignore[list-item]  # XComArgs resolve at run time
 
 
 tributary_bootstrap()

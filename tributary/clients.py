@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 from confluent_kafka.admin import AdminClient
@@ -23,7 +24,7 @@ class PlainJsonNode(Urllib3HttpNode):
     A node class is the client's public extension point for the wire, so the rewrite lives here.
     """
 
-    def perform_request(
+    def perform_request(  # type: ignore[override]  # forwards request_timeout untouched
         self, method: str, target: str, body: bytes | None = None, headers: HttpHeaders | None = None, **kwargs: Any
     ) -> Any:
         if headers:
@@ -71,3 +72,14 @@ def plain_pg_url(url: str) -> str:
     if not sep:
         raise ValueError(f"{url!r} is not a PostgreSQL URL (expected postgresql://user@host:port/db)")
     return "postgresql://" + rest if scheme.startswith("postgres") else url
+
+
+def jdbc_url(url: str) -> tuple[str, dict[str, str]]:
+    """(JDBC URL, connection properties) for Spark's JDBC reader, from a PostgreSQL URL."""
+    parts = urlsplit(plain_pg_url(url))
+    if not parts.hostname:
+        raise ValueError(f"{url!r} has no host; expected postgresql://user@host:port/db")
+    properties = {"driver": "org.postgresql.Driver", "user": unquote(parts.username or "postgres")}
+    if parts.password:
+        properties["password"] = unquote(parts.password)
+    return f"jdbc:postgresql://{parts.hostname}:{parts.port or 5432}{parts.path or '/postgres'}", properties

@@ -125,11 +125,9 @@ def _align_topic(
 ) -> ProvisionResult:
     details: list[str] = []
     if partitions < topic.partitions:
-        future = admin.create_partitions([NewPartitions(topic.name, topic.partitions)], request_timeout=timeout_s)[
-            topic.name
-        ]
+        added = admin.create_partitions([NewPartitions(topic.name, topic.partitions)], request_timeout=timeout_s)
         try:
-            future.result()
+            added[topic.name].result()
         except KafkaException as exc:
             raise ProvisioningError(
                 f"topic {topic.name} has {partitions} partitions, the catalog wants {topic.partitions}, and the "
@@ -147,10 +145,10 @@ def _align_topic(
     drift = {key: value for key, value in wanted.items() if current.get(key) != value}
     if drift:
         entries = [ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET) for key, value in drift.items()]
-        future = admin.incremental_alter_configs(
+        futures = admin.incremental_alter_configs(
             [ConfigResource(ResourceType.TOPIC, topic.name, incremental_configs=entries)], request_timeout=timeout_s
         )
-        for f in future.values():
+        for f in futures.values():
             f.result()
         details.extend(f"{key} {current.get(key)} -> {value}" for key, value in drift.items())
 

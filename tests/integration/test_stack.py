@@ -1,0 +1,247 @@
+"""`tributary up|status|down` for real: Tansu, osmem and Airflow on free ports, a throwaway state dir,
+Airflow's metadata in a fresh database on the real PostgreSQL server. Plus the session fixtures."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tributary.clients import es_client, kafka_admin, pg_connect
+from tributary.settings import REPO_ROOT, Settings, load_settings
+from tributary.stack import StackError, State
+from tributary.stack.ports import free_port
+from tributary.stack.postgres import PostgresServer, database_url, drop_database
+from tributary.stack.processes import PidFile, PidRecord, read_proc_stat
+
+pytestmark = pytest.mark.integration
+
+COMPONENTS = (
+    "postgres",
+    "kafka",
+    "elasticsearch",
+    "airflow-api-server",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+)
+
+
+def tributary(env: dict[str, str], *args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as `make up` does, in its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "tributary.cli", *args],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def table_states(output: str) -> dict[str, str]:
+    """component -> state, from the summary table (state may be two words: 'already running')."""
+    states = {}
+    for line in output.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())
+        if cells and cells[0] in COMPONENTS and len(cells) >= 2:
+            states[cells[0]] = cells[1]
+    return states
+
+
+def pid_records(state_dir: Path) -> dict[str, PidRecord]:
+    records = {}
+    for path in (state_dir / "run").glob("*.pid"):
+        record = PidFile(path).read()
+        assert record is not None
+        records[path.stem] = record
+    return records
+
+
+@pytest.fixture
+def stack_env(tmp_path: Path, pg_server_url: str) -> Iterator[dict[str, str]]:
+    """Environment for a private stack: free ports, embedded Kafka/ES, throwaway databases.
+
+    Whatever happens in the test, `down` runs and the databases are dropped afterwards.
+    """
+    name = f"tributary_test_{uuid.uuid4().hex[:12]}"
+    data_url = database_url(pg_server_url, name)
+    airflow_url = database_url(pg_server_url, f"{name}_airflow")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRIBUTARY_", "AIRFLOW"))}
+    env.update(
+        {
+            "TRIBUTARY_STATE_DIR": str(tmp_path / "state"),
+            "TRIBUTARY_PG_URL": data_url,
+            "TRIBUTARY_AIRFLOW_DB_URL": airflow_url,
+            "TRIBUTARY_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+            "TRIBUTARY_ES_URL": f"http://127.0.0.1:{free_port()}",
+            "TRIBUTARY_AIRFLOW_PORT": str(free_port()),
+        }
+    )
+    try:
+        yield env
+    finally:
+        down = tributary(env, "down", timeout=60)
+        drop_database(airflow_url)
+        drop_database(data_url)
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+@pytest.mark.slow
+def test_up_is_healthy_idempotent_and_down_stops_everything(stack_env: dict[str, str]) -> None:
+    state_dir = Path(stack_env["TRIBUTARY_STATE_DIR"])
+    airflow_url = f"http://127.0.0.1:{stack_env['TRIBUTARY_AIRFLOW_PORT']}"
+
+    up = tributary(stack_env, "up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    states = table_states(up.stdout)
+    assert states == {"postgres": "external", **{c: "started" for c in COMPONENTS[1:]}}, up.stdout
+
+    with urllib.request.urlopen(f"{airflow_url}/api/v2/monitor/health", timeout=5) as resp:
+        health = json.loads(resp.read())
+    assert {k: health[k]["status"] for k in ("metadatabase", "scheduler", "dag_processor", "triggerer")} == {
+        "metadatabase": "healthy",
+        "scheduler": "healthy",
+        "dag_processor": "healthy",
+        "triggerer": "healthy",
+    }
+
+    login = re.search(r"Airflow login: admin / (\S+)", up.stdout)
+    assert login, up.stdout
+    request = urllib.request.Request(
+        f"{airflow_url}/auth/token",
+        data=json.dumps({"username": "admin", "password": login.group(1)}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert json.loads(resp.read())["access_token"]
+
+    records = pid_records(state_dir)
+    assert set(records) == set(COMPONENTS[1:])
+    # Nothing of ours listens beyond loopback (Airflow's log servers would be on 0.0.0.0).
+    our_pids = {pid for record in records.values() for pid in record.group_members()}
+    listeners = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    for line in listeners.splitlines():
+        pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+        if pids & our_pids:
+            assert line.split()[3].startswith("127.0.0.1:"), line
+
+    again = tributary(stack_env, "up", timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert table_states(again.stdout) == {"postgres": "external", **{c: "already running" for c in COMPONENTS[1:]}}
+    assert pid_records(state_dir) == records
+
+    status = tributary(stack_env, "status", timeout=60)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert table_states(status.stdout) == {"postgres": "external", **{c: "running" for c in COMPONENTS[1:]}}
+
+    down = tributary(stack_env, "down", timeout=60)
+    assert down.returncode == 0, down.stdout + down.stderr
+    for name, record in records.items():
+        assert not record.is_alive(), f"{name} (pid {record.pid}) still runs"
+        assert record.group_members() == [], f"{name}: processes {record.group_members()} still run"
+    assert pid_records(state_dir) == {}
+    assert tributary(stack_env, "status", timeout=60).returncode == 1
+
+
+def test_up_fails_fast_when_the_kafka_port_is_taken(stack_env: dict[str, str]) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        env = {**stack_env, "TRIBUTARY_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"}
+        started = time.monotonic()
+        up = tributary(env, "up", timeout=30)
+        elapsed = time.monotonic() - started
+    assert up.returncode != 0
+    assert elapsed < 5, f"took {elapsed:.1f}s to notice"
+    assert f"kafka: port {port} on 127.0.0.1 is already in use" in up.stderr, up.stderr
+    assert "set TRIBUTARY_KAFKA_BOOTSTRAP to a free address" in up.stderr
+    assert "kafka.log" in up.stderr
+    assert pid_records(Path(stack_env["TRIBUTARY_STATE_DIR"])) == {}
+
+
+def test_session_services_answer(settings: Settings, settings_env: dict[str, str]) -> None:
+    """The fixtures other tests build on: Tansu, osmem and a fresh database, seen through settings."""
+    assert settings.kafka_bootstrap == settings_env["TRIBUTARY_KAFKA_BOOTSTRAP"]
+    assert not settings.embedded_kafka and not settings.embedded_es and settings.es_plain_json
+    assert kafka_admin(settings).list_topics(timeout=5).brokers
+    assert "version" in es_client(settings).info()
+    with pg_connect(settings.pg_url) as conn:
+        row = conn.execute("SELECT current_database()").fetchone()
+    assert row is not None and row[0].startswith("tributary_test_")
+    assert settings.state_dir.is_relative_to(Path(settings_env["TRIBUTARY_STATE_DIR"]).parent)
+
+
+@pytest.fixture
+def world_traversable_dir() -> Iterator[Path]:
+    """A directory the `postgres` user can enter (pytest's own tmp dirs are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="tributary-pg-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+@pytest.mark.slow
+def test_private_cluster_when_no_server_answers_on_loopback(world_traversable_dir: Path) -> None:
+    port = free_port()
+    settings = replace(
+        load_settings(),
+        state_dir=world_traversable_dir / "state",
+        pg_url=f"postgresql://postgres@127.0.0.1:{port}/tributary",
+        airflow_db_url=f"postgresql://postgres@127.0.0.1:{port}/tributary_airflow",
+    )
+    server = PostgresServer(settings, progress=None)
+    assert server.status().state is State.STOPPED
+    try:
+        assert server.up().state is State.STARTED
+        assert server.up().state is State.ALREADY_RUNNING  # initdb ran once; nothing restarted
+        with pg_connect(database_url(settings.pg_url, "postgres")) as conn:
+            names = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+        assert {"tributary", "tributary_airflow"} <= names
+        status = server.status()
+        assert status.state is State.RUNNING and status.pid is not None
+    finally:
+        stopped = server.down()
+    assert stopped.state is State.STOPPED
+    assert status.pid is not None
+    postmaster = read_proc_stat(status.pid)
+    assert postmaster is None or postmaster.is_zombie  # exited (init reaps it in its own time)
+    assert server.status().state is State.STOPPED
+
+
+def test_private_cluster_in_a_directory_postgres_cannot_enter_is_refused_clearly(tmp_path: Path) -> None:
+    settings = replace(
+        load_settings(),
+        state_dir=tmp_path / "state",  # under /tmp/pytest-of-root, mode 0700
+        pg_url=f"postgresql://postgres@127.0.0.1:{free_port()}/tributary",
+    )
+    if os.geteuid() != 0:
+        pytest.skip("only root runs the cluster as another user")
+    with pytest.raises(StackError, match=r"the postgres user cannot enter .*; set TRIBUTARY_STATE_DIR"):
+        PostgresServer(settings, progress=None).up()
+
+
+def test_status_reports_services_that_the_session_runs_as_external(settings_env: dict[str, str]) -> None:
+    status = tributary({**os.environ, **settings_env}, "status", timeout=60)
+    states = table_states(status.stdout)
+    assert states["postgres"] == states["kafka"] == states["elasticsearch"] == "external", status.stdout
+    assert states["airflow-api-server"] == "stopped"
+    assert status.returncode == 1

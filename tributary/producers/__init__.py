@@ -1,0 +1,1 @@
+"""Producers of demo and test traffic for each pipeline."""
