@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 from pyspark.sql import SparkSession
+
+# Debian's libpostgresql-jdbc-java; `make setup` installs it. Spark's JDBC reader needs it.
+POSTGRES_JDBC_JAR = Path("/usr/share/java/postgresql.jar")
 
 # Event time is UTC everywhere: windows, day partitions and the raw tables all agree on it.
 BASE_CONF = {
@@ -26,6 +33,14 @@ def build_session(app_name: str, master: str | None = None, extra_conf: dict[str
         # Keep a local driver on loopback (the host name may resolve elsewhere; nothing should
         # listen beyond 127.0.0.1 on a developer machine).
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
-    for key, value in {**BASE_CONF, **(extra_conf or {})}.items():
+    conf = dict(BASE_CONF)
+    if "PYSPARK_PYTHON" not in os.environ:
+        # Python workers (UDFs, and the planner's data-source workers, which read only the
+        # environment) must run the driver's interpreter: the venv with pyarrow, confluent-kafka
+        # and this project, not whatever `python3` is first on PATH. Set before the JVM starts.
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+    if POSTGRES_JDBC_JAR.exists():
+        conf["spark.jars"] = str(POSTGRES_JDBC_JAR)
+    for key, value in {**conf, **(extra_conf or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()

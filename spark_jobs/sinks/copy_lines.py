@@ -39,15 +39,24 @@ def _as_copy_text(column: Column, data_type: DataType) -> Column:
     return column
 
 
-def copy_lines(df: DataFrame, columns: Sequence[str], extra: Sequence[str] = ()) -> DataFrame:
-    """One CSV line (with its newline) per row of `df[columns]`, plus the `extra` columns as they are."""
-    types = {f.name: f.dataType for f in df.schema.fields}
+def csv_line(*fields: Column) -> Column:
+    """The CSV line (with its newline) of columns that are already text, numbers or timestamps."""
+    named = [field.alias(f"c{i}") for i, field in enumerate(fields)]
+    return F.concat(F.to_csv(F.struct(*named), _CSV_OPTIONS), F.lit("\n"))
+
+
+def copy_line(schema: StructType, columns: Sequence[str]) -> Column:
+    """The CSV line (with its newline) of `columns`, for a DataFrame of `schema`."""
+    types = {f.name: f.dataType for f in schema.fields}
     missing = [c for c in columns if c not in types]
     if missing:
-        raise ValueError(f"copy_lines: columns {missing} are not in the DataFrame ({sorted(types)})")
-    fields = [_as_copy_text(F.col(c), types[c]).alias(c) for c in columns]
-    line = F.concat(F.to_csv(F.struct(*fields), _CSV_OPTIONS), F.lit("\n"))
-    return df.select(line.alias(LINE), *extra)
+        raise ValueError(f"copy_line: columns {missing} are not in the DataFrame ({sorted(types)})")
+    return csv_line(*(_as_copy_text(F.col(c), types[c]) for c in columns))
+
+
+def copy_lines(df: DataFrame, columns: Sequence[str]) -> DataFrame:
+    """One CSV line per row of `df[columns]`, in the column `LINE`."""
+    return df.select(copy_line(df.schema, columns).alias(LINE))
 
 
 def copy_payload(lines: pa.ChunkedArray | pa.Array) -> Iterator[memoryview]:

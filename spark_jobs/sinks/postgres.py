@@ -38,6 +38,7 @@ class MergeTarget:
 
     def merge_sql(self, stage: str) -> sql.Composed:
         cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
+        conflict: sql.Composable
         if self.update:
             updates = [c for c in self.columns if c not in self.key]
             conflict = sql.SQL("({}) DO UPDATE SET {}").format(
