@@ -14,7 +14,9 @@ from spark_jobs.session import build_session
 from spark_jobs.user_events import transforms as T
 from tributary.catalog import USER_EVENTS, Window
 
-KAFKA_SCHEMA = "key binary, value binary, topic string, partition int, offset long, timestamp timestamp, timestampType int"
+KAFKA_SCHEMA = (
+    "key binary, value binary, topic string, partition int, offset long, timestamp timestamp, timestampType int"
+)
 NOW = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
 
 GOOD = {
@@ -85,13 +87,15 @@ def test_a_good_event_is_valid_and_typed(spark: SparkSession) -> None:
         (event(ip_address="not an ip"), [T.RULE_IP]),
         (event(user_id=-1, action="x", ip_address="1.2.3"), [T.RULE_USER_ID, T.RULE_ACTION, T.RULE_IP]),
     ],
-    ids=lambda v: (repr(v)[:40] if not isinstance(v, list) else ""),
+    ids=lambda v: repr(v)[:40] if not isinstance(v, list) else "",
 )
 def test_each_rule_names_itself(spark: SparkSession, payload: bytes | None, expected: list[str]) -> None:
     assert violations_of(spark, payload) == expected
 
 
-@pytest.mark.parametrize("ip", ["10.0.0.7", "255.255.255.255", "::1", "2001:db8::8a2e:370:7334", "::ffff:192.0.2.1", "fe80::"])
+@pytest.mark.parametrize(
+    "ip", ["10.0.0.7", "255.255.255.255", "::1", "2001:db8::8a2e:370:7334", "::ffff:192.0.2.1", "fe80::"]
+)
 def test_valid_addresses_pass(spark: SparkSession, ip: str) -> None:
     assert violations_of(spark, event(ip_address=ip)) == []
 
@@ -126,7 +130,11 @@ def events_at(spark: SparkSession, stamps: list[tuple[int, str, str]]) -> DataFr
 def test_tumbling_window_edges(spark: SparkSession) -> None:
     events = events_at(
         spark,
-        [(7, "2026-11-23T09:59:54.999Z", "view"), (7, "2026-11-23T09:59:55Z", "view"), (7, "2026-11-23T09:59:59.999Z", "click")],
+        [
+            (7, "2026-11-23T09:59:54.999Z", "view"),
+            (7, "2026-11-23T09:59:55Z", "view"),
+            (7, "2026-11-23T09:59:59.999Z", "click"),
+        ],
     )
     windows = T.activity_windows(events, Window(5, watermark_s=30), USER_EVENTS.validation.allowed_actions)  # type: ignore[union-attr]
     rows = sorted((r["window_start"], r["event_count"], dict(r["action_counts"])) for r in windows.collect())
