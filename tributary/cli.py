@@ -1,4 +1,4 @@
-"""`tributary` command line: run the embedded stack and inspect the settings.
+"""`tributary` command line: run the embedded stack, bootstrap it, produce demo traffic.
 
 Adding a subcommand is one function `(args, settings) -> exit code`, whose docstring's first line
 is its help, plus one entry in COMMANDS (and, if it takes options, one in ARGUMENTS).
@@ -11,10 +11,19 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from tributary import stack
+from tributary import bootstrap, stack
 from tributary.airflow_env import admin_password, passwords_file
+from tributary.bootstrap import StepReport
+from tributary.catalog import USER_EVENTS
+from tributary.clients import es_client, kafka_admin, kafka_config, pg_connect
+from tributary.provisioning import ProvisioningError
 from tributary.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from tributary.producers.user_events import ProduceReport
 from tributary.stack.report import render_table, status_table
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -64,15 +73,120 @@ def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _run_steps(steps: list[Callable[[], StepReport]]) -> int:
+    reports = []
+    for step in steps:
+        try:
+            report = step()
+        except (ProvisioningError, OSError, RuntimeError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        for line in report.lines:
+            print(line)
+        reports.append(report.to_dict())
+    print(bootstrap.summarize(reports))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Apply pending SQL migrations (sql/migrations) to TRIBUTARY_PG_URL."""
+    return _run_steps([lambda: bootstrap.migrate(settings.pg_url)])
+
+
+def cmd_provision(args: argparse.Namespace, settings: Settings) -> int:
+    """Create the catalog's Kafka topics and put its Elasticsearch index templates."""
+    return _run_steps(
+        [
+            lambda: bootstrap.create_topics(kafka_admin(settings), settings.kafka_replication_factor),
+            lambda: bootstrap.put_index_templates(es_client(settings)),
+        ]
+    )
+
+
+def cmd_seed_users(args: argparse.Namespace, settings: Settings) -> int:
+    """Fill the users table (the enrichment lookup) with deterministic demo users."""
+    from tributary.producers.user_events import user_rows
+
+    rows = user_rows(args.users)
+    with pg_connect(settings.pg_url) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO users (user_id, name, email, region, segment) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (user_id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email, "
+            "region = EXCLUDED.region, segment = EXCLUDED.segment, updated_at = now()",
+            rows,
+        )
+    print(f"users: {len(rows)} upserted")
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    """Produce user events (valid, invalid, late, bursts) to the user_events topic."""
+    from tributary.producers.user_events import EventMix, generate_events, produce
+
+    mix = EventMix(
+        users=args.users,
+        invalid_share=args.invalid_share,
+        late_share=args.late_share,
+        burst_users=tuple(args.burst_user),
+        burst_share=args.burst_share if args.burst_user else 0.0,
+    )
+    count = args.count if args.count > 0 else sys.maxsize
+    events = generate_events(
+        count, seed=args.seed, start=datetime.now(UTC), events_per_s=args.rate or 10_000.0, mix=mix
+    )
+
+    def progress(report: ProduceReport) -> None:
+        print(f"produced {report.produced:,} ({report.rate:,.0f}/s)", flush=True)
+
+    try:
+        report = produce(
+            events,
+            producer_config=kafka_config(settings),
+            topic=USER_EVENTS.topic.name,
+            rate=args.rate or None,
+            on_progress=progress,
+        )
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 0
+    print(f"produced {report.produced:,} events in {report.seconds:.1f}s ({report.rate:,.0f}/s): {report.by_kind}")
+    return 0
+
+
+def _produce_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--count", type=int, default=10_000, help="events to send; 0 = run until interrupted")
+    parser.add_argument("--rate", type=float, default=1_000.0, help="events per second; 0 = as fast as possible")
+    parser.add_argument("--users", type=int, default=1_000, help="distinct user ids")
+    parser.add_argument("--invalid-share", type=float, default=0.0, help="share of invalid records (every kind)")
+    parser.add_argument("--late-share", type=float, default=0.0, help="share of events 15 minutes late")
+    parser.add_argument("--burst-user", type=int, action="append", default=[], help="user id sending bursts")
+    parser.add_argument("--burst-share", type=float, default=0.05, help="share of events from burst users")
+    parser.add_argument("--seed", type=int, default=42)
+
+
+def _seed_users_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--users", type=int, default=1_000, help="user ids 1..N")
+
+
 COMMANDS: dict[str, Command] = {
     "up": cmd_up,
     "down": cmd_down,
     "status": cmd_status,
     "settings": cmd_settings,
+    "migrate": cmd_migrate,
+    "provision": cmd_provision,
+    "seed-users": cmd_seed_users,
+    "produce": cmd_produce,
 }
 
 # Subcommands with options: name -> function adding them to the subcommand's parser.
-ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "produce": _produce_arguments,
+    "seed-users": _seed_users_arguments,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
