@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -33,6 +34,9 @@ def build_session(app_name: str, master: str | None = None, extra_conf: dict[str
         # Keep a local driver on loopback (the host name may resolve elsewhere; nothing should
         # listen beyond 127.0.0.1 on a developer machine).
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+    # py4j logs every connection at INFO, including from finalizers at interpreter exit, when
+    # handlers may already be closed ("--- Logging error ---" after a clean run).
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     conf = dict(BASE_CONF)
     if "PYSPARK_PYTHON" not in os.environ:
         # Python workers (UDFs, and the planner's data-source workers, which read only the

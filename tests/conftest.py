@@ -32,6 +32,9 @@ from tributary.stack.search import OsmemSearch
 
 DEFAULT_TEST_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
+# The session-wide local SparkSession fixture `spark` (one JVM per test run).
+pytest_plugins = ["tests.integration.spark_fixtures"]
+
 
 def _session_settings(state_dir: Path, **overrides: object) -> Settings:
     """Settings for a session-wide service: defaults plus `overrides`, state under `state_dir`."""

@@ -43,7 +43,7 @@ from spark_jobs.sinks.outbox import OUTBOX, OutboxPublisher
 from spark_jobs.sinks.postgres import MergeTarget, PostgresSink
 from spark_jobs.sources.kafka import read_kafka_stream
 from spark_jobs.user_events import transforms as T
-from tributary.catalog import PLATFORM, USER_EVENTS, Pipeline, Window
+from tributary.catalog import PLATFORM, USER_EVENTS, Pipeline, PlatformNames, Window
 from tributary.clients import es_client, jdbc_url, kafka_config
 from tributary.settings import Settings, load_settings
 
@@ -136,6 +136,7 @@ class UserEventsJob:
         settings: Settings,
         options: JobOptions | None = None,
         pipeline: Pipeline = USER_EVENTS,
+        platform: PlatformNames = PLATFORM,
     ) -> None:
         if pipeline.anomaly is None or pipeline.tables.summary is None or pipeline.tables.anomalies is None:
             raise ValueError(f"pipeline {pipeline.name} lacks the summary/anomaly entries this job needs")
@@ -143,6 +144,7 @@ class UserEventsJob:
         self.settings = settings
         self.options = options or JobOptions()
         self.pipeline = pipeline
+        self.platform = platform
         self.name = pipeline.job_name
         self.rules = pipeline.anomaly
         self.actions: tuple[str, ...] = pipeline.validation.allowed_actions  # type: ignore[union-attr]
@@ -150,7 +152,7 @@ class UserEventsJob:
         self.anomalies_index = pipeline.indices["anomalies"]
         self.raw = MergeTarget(pipeline.tables.raw, T.EVENT_COLUMNS, key=RAW_KEY)
         self.dead = MergeTarget(
-            PLATFORM.dead_letters_table, DEAD_COLUMNS, key=("topic", "kafka_partition", "kafka_offset")
+            platform.dead_letters_table, DEAD_COLUMNS, key=("topic", "kafka_partition", "kafka_offset")
         )
         self.summary = MergeTarget(
             pipeline.tables.summary, SUMMARY_COLUMNS, key=("user_id", "window_start", "window_seconds"), update=True
@@ -238,7 +240,7 @@ class UserEventsJob:
         )
         outbox = csv_line(
             F.concat(F.lit("dlq:"), F.col("position")),
-            F.lit(PLATFORM.dead_letter_topic.name),
+            F.lit(self.platform.dead_letter_topic.name),
             F.col("position"),
             dead_letter_message,
         )
@@ -341,7 +343,7 @@ class UserEventsJob:
                 F.lit("alert").alias("kind"),
                 csv_line(
                     F.concat(F.lit("alert:"), key),
-                    F.lit(PLATFORM.alerts_topic.name),
+                    F.lit(self.platform.alerts_topic.name),
                     F.col("user_id").cast("string"),
                     alert,
                 ).alias("line"),
@@ -362,7 +364,7 @@ class UserEventsJob:
         conn = self.pg.connection()
         with conn.transaction():
             row = conn.execute(
-                f"SELECT desired_state FROM {PLATFORM.jobs_table} WHERE job_name = %s", (self.name,)
+                f"SELECT desired_state FROM {self.platform.jobs_table} WHERE job_name = %s", (self.name,)
             ).fetchone()
         return None if row is None else str(row[0])
 
@@ -371,7 +373,8 @@ class UserEventsJob:
 
     def run(self) -> int:
         """Start the queries and wait; 0 when they stopped cleanly, 1 when one failed."""
-        self.spark.streams.addListener(HeartbeatListener(self.name, self.settings.pg_url))
+        listener = HeartbeatListener(self.name, self.settings.pg_url)
+        self.spark.streams.addListener(listener)
         queries = self.start()
         log.info("%s: started queries %s", self.name, [q.name for q in queries])
         try:
@@ -387,6 +390,7 @@ class UserEventsJob:
             for q in queries:
                 if q.isActive:
                     q.stop()
+            self.spark.streams.removeListener(listener)
             self.outbox.close()
             self.pg.close()
         errors = [(q.name, q.exception()) for q in queries if q.exception() is not None]

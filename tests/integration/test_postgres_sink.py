@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
 
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
-from spark_jobs.session import build_session
 from spark_jobs.sinks.copy_lines import LINE, copy_lines, copy_payload
 from spark_jobs.sinks.postgres import MergeTarget, PostgresSink, SinkError
 from tributary.clients import pg_connect
@@ -22,11 +20,6 @@ DEAD = MergeTarget(
     ("topic", "kafka_partition", "kafka_offset", "pipeline", "kafka_timestamp", "payload", "reasons", "detail"),
     key=("topic", "kafka_partition", "kafka_offset"),
 )
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[SparkSession]:
-    yield build_session("tributary-sink-tests", "local[2]", {"spark.ui.enabled": "false"})
 
 
 def dead_letter_rows(spark: SparkSession, offset0: int = 0) -> DataFrame:

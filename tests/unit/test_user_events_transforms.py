@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
-from spark_jobs.session import build_session
 from spark_jobs.user_events import transforms as T
 from tributary.catalog import USER_EVENTS, Window
 
@@ -30,11 +28,6 @@ GOOD = {
     "user_segment": "premium",
     "ip_address": "10.0.0.7",
 }
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[SparkSession]:
-    yield build_session("tributary-unit-tests", "local[2]", {"spark.ui.enabled": "false"})
 
 
 def kafka_rows(spark: SparkSession, payloads: list[bytes | None], ts: datetime = NOW) -> DataFrame:

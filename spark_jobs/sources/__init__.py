@@ -1,0 +1,1 @@
+"""Spark streaming sources: where the jobs read their input from."""
