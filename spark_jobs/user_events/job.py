@@ -29,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import FrameType
 
-import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -40,6 +39,7 @@ from spark_jobs.session import build_session
 from spark_jobs.sinks.copy_lines import copy_line, copy_payload, csv_line
 from spark_jobs.sinks.elasticsearch import ElasticsearchSink, bulk_line
 from spark_jobs.sinks.outbox import OUTBOX, OutboxPublisher
+from spark_jobs.sinks.partition_writer import DAY, RESULT_DDL, VIOLATIONS, RawBatchWrite, merge_results
 from spark_jobs.sinks.postgres import MergeTarget, PostgresSink
 from spark_jobs.sources.kafka import read_kafka_stream
 from spark_jobs.user_events import transforms as T
@@ -49,6 +49,7 @@ from tributary.settings import Settings, load_settings
 
 log = logging.getLogger("tributary.user_events")
 
+DLQ_PAYLOAD_BYTES = 65_536
 RAW_KEY = ("topic", "kafka_partition", "kafka_offset", "event_ts")
 DEAD_COLUMNS = ("topic", "kafka_partition", "kafka_offset", "pipeline", "kafka_timestamp", "payload", "reasons")
 SUMMARY_COLUMNS = (
@@ -235,7 +236,9 @@ class UserEventsJob:
                 "kafka_offset",
                 "kafka_timestamp",
                 "reasons",
-                F.base64("payload").alias("payload_base64"),
+                # The table keeps the whole payload; the message carries at most its first 64 KiB.
+                F.base64(F.substring("payload", 1, DLQ_PAYLOAD_BYTES)).alias("payload_base64"),
+                F.length("payload").alias("payload_bytes"),
             )
         )
         outbox = csv_line(
@@ -260,35 +263,26 @@ class UserEventsJob:
         ]
         lines = staged.select(
             F.inline(F.when(valid, F.array(*good)).otherwise(F.array(*bad))),
-            F.when(valid, F.to_date("event_ts")).alias("day"),
-            F.when(~valid, F.col("violations")).alias("violations"),
-        ).toArrow()
-
-        kinds = lines.column("kind")
-        raw = lines.filter(pc.equal(kinds, "raw"))
-        dead = lines.filter(pc.equal(kinds, "dead"))
-        violations = _value_counts(dead.column("violations"))
+            F.when(valid, F.to_date("event_ts")).alias(DAY),
+            F.when(~valid, F.col("violations")).alias(VIOLATIONS),
+        )
+        write = RawBatchWrite(self.settings, label, self.raw, self.dead, OUTBOX, self.es is not None)
+        result = merge_results([row.asDict() for row in lines.mapInArrow(write, RESULT_DDL).collect()])
         with self.pg.batch(label) as batch:
-            batch.ensure_day_partitions(self.raw.table, [d for d in pc.unique(raw.column("day")).to_pylist() if d])
-            batch.merge(self.raw, copy_payload(raw.column("line")))
-            batch.merge(self.dead, copy_payload(dead.column("line")))
-            batch.merge(OUTBOX, copy_payload(lines.filter(pc.equal(kinds, "outbox")).column("line")))
             batch.execute(
                 UPSERT_VIOLATIONS,
-                (self.name, f"{self.name}.raw", batch_id, raw.num_rows + dead.num_rows, json.dumps(violations)),
+                (self.name, f"{self.name}.raw", batch_id, result["rows"], json.dumps(result["violations"])),
             )
-        es_result = None
-        if self.es is not None:
-            es_result = self.es.write(label, lines.filter(pc.equal(kinds, "es")).column("line"))
         published = self.outbox.publish_pending()
         log.info(
-            "%s: %s valid (%s new), %s dead letters %s, es %s, published %s",
+            "%s: %s valid (%s new), %s dead letters %s, es created %s (already there %s), published %s",
             label,
-            raw.num_rows,
-            batch.counts.get(self.raw.table, 0),
-            dead.num_rows,
-            violations,
-            es_result,
+            result["valid"],
+            result["raw_new"],
+            result["dead"],
+            result["violations"],
+            result["es_created"],
+            result["es_present"],
             published.published,
         )
 
@@ -397,13 +391,6 @@ class UserEventsJob:
         for name, error in errors:
             log.error("%s: query %s failed: %s", self.name, name, error)
         return 1 if errors else 0
-
-
-def _value_counts(lists: pa.ChunkedArray) -> dict[str, int]:
-    """How often each rule name occurs in a column of rule-name lists."""
-    if len(lists) == lists.null_count:
-        return {}
-    return {str(item["values"]): int(item["counts"]) for item in pc.value_counts(pc.list_flatten(lists)).to_pylist()}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
