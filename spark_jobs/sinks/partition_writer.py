@@ -72,8 +72,8 @@ class RawBatchWrite:
 
         raw, dead = lines("raw"), lines("dead")
         sink = _sink(self.settings.pg_url, "tributary-raw-writer")
+        sink.ensure_day_partitions(self.raw.table, [d for d in pc.unique(raw.column(DAY)).to_pylist() if d])
         with sink.batch(self.label) as batch:
-            batch.ensure_day_partitions(self.raw.table, [d for d in pc.unique(raw.column(DAY)).to_pylist() if d])
             raw_new = batch.merge(self.raw, copy_payload(raw.column(LINE)))
             batch.merge(self.dead, copy_payload(dead.column(LINE)))
             batch.merge(self.outbox, copy_payload(lines("outbox").column(LINE)))

@@ -72,6 +72,25 @@ class PostgresSink:
             self._partitions_known.clear()
         return self._conn
 
+    def ensure_day_partitions(self, table: str, days: Iterable[date]) -> None:
+        """Creates the day partitions rows will land in, each in a short transaction of its own.
+
+        Creating a partition locks the parent table; doing it apart from the data transaction
+        keeps that lock brief when several writers run at once. Known days are skipped.
+        """
+        conn = self.connection()
+        for day in sorted(set(days)):
+            if (table, day) in self._partitions_known:
+                continue
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT ensure_day_partition(%s, %s)", (table, day))
+            except psycopg.Error as exc:
+                raise SinkError(
+                    f"creating the {day} partition of {table} failed: {exc}; are the migrations applied?"
+                ) from exc
+            self._partitions_known.add((table, day))
+
     def batch(self, label: str) -> PostgresBatch:
         return PostgresBatch(self, label)
 
@@ -88,7 +107,6 @@ class PostgresBatch:
         self._sink = sink
         self.label = label
         self.counts: dict[str, int] = {}
-        self._new_partitions: list[tuple[str, date]] = []
 
     def __enter__(self) -> PostgresBatch:
         self._conn = self._sink.connection()
@@ -103,15 +121,6 @@ class PostgresBatch:
             self._conn.rollback()
             return
         self._conn.commit()
-        self._sink._partitions_known.update(self._new_partitions)
-
-    def ensure_day_partitions(self, table: str, days: Iterable[date]) -> None:
-        """Creates the day partitions rows of this batch will land in (known ones are skipped)."""
-        for day in sorted(set(days)):
-            if (table, day) in self._sink._partitions_known:
-                continue
-            self._cur.execute("SELECT ensure_day_partition(%s, %s)", (table, day))
-            self._new_partitions.append((table, day))
 
     def merge(self, target: MergeTarget, payload: Iterable[memoryview | bytes]) -> int:
         """COPY `payload` (CSV lines of `target.columns`) into staging, merge; returns rows merged."""

@@ -83,14 +83,6 @@ EVENT_COLUMNS = (
 STRING_FIELDS = ("action", "device_id", "device_type", "location", "user_segment", "ip_address")
 
 
-def _field(doc: Column, name: str, type_: str) -> Column:
-    return F.try_variant_get(doc, f"$.{name}", type_)
-
-
-def _is_integer(doc: Column, name: str) -> Column:
-    return F.schema_of_variant(_field(doc, name, "variant")).isin(*_INTEGER_TYPES)
-
-
 def _failed(rule: str, passes: Column) -> Column:
     """The rule's name when `passes` is false or unknown, else null."""
     return F.when(~F.coalesce(passes, F.lit(False)), F.lit(rule))
@@ -107,20 +99,53 @@ def parse_user_events(kafka_rows: DataFrame, pipeline: Pipeline) -> DataFrame:
     if not isinstance(rules, UserEventRules):
         raise TypeError(f"pipeline {pipeline.name} does not carry user-event validation rules")
 
+    # Staged projections: the JSON is parsed once into `_doc`, every field is pulled out once, and
+    # the rules only read those columns. (The optimizer does not merge a projection back into its
+    # consumers when that would repeat an expensive expression such as parsing.)
+    names = [f.name for f in pipeline.schema]
     text = F.col("value").cast("string")
     utf8_ok = F.col("value").isNotNull() & F.try_validate_utf8(text).isNotNull()
-    doc = F.when(utf8_ok, F.try_parse_json(text))
-    is_object = F.coalesce(F.schema_of_variant(doc).startswith("OBJECT"), F.lit(False))
-
-    required = [f.name for f in pipeline.schema if f.required]
-    present = {name: _field(doc, name, "string").isNotNull() for name in (f.name for f in pipeline.schema)}
-    ts_text = _field(doc, "timestamp", "string")
-    event_ts = F.when(
-        _field(doc, "timestamp", "variant").isNotNull() & ~_is_integer(doc, "timestamp"), F.try_to_timestamp(ts_text)
+    position = [
+        F.col("topic"),
+        F.col("partition").alias("kafka_partition"),
+        F.col("offset").alias("kafka_offset"),
+        F.col("timestamp").alias("kafka_timestamp"),
+        F.col("value").alias("payload"),
+    ]
+    carried = ["topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "payload"]
+    parsed = kafka_rows.select(*position, utf8_ok.alias("_utf8"), F.when(utf8_ok, F.try_parse_json(text)).alias("_doc"))
+    as_fields = "struct<" + ", ".join(f"`{name}`: variant" for name in names) + ">"
+    parsed = parsed.select(
+        *carried,
+        "_utf8",
+        F.coalesce(F.schema_of_variant("_doc").startswith("OBJECT"), F.lit(False)).alias("_object"),
+        F.try_variant_get("_doc", "$", as_fields).alias("_f"),
     )
-    user_id = F.when(_is_integer(doc, "user_id"), _field(doc, "user_id", "bigint"))
-    product_id = F.when(_is_integer(doc, "product_id"), _field(doc, "product_id", "bigint"))
-    strings = {name: _field(doc, name, "string") for name in STRING_FIELDS}
+    field = {name: F.col(f"_f.`{name}`") for name in names}
+    parsed = parsed.select(
+        *carried,
+        "_utf8",
+        "_object",
+        *(F.try_variant_get(field[name], "$", "string").alias(f"_s_{name}") for name in names),
+        *(F.schema_of_variant(field[name]).alias(f"_t_{name}") for name in ("user_id", "product_id", "timestamp")),
+        F.try_variant_get(field["user_id"], "$", "bigint").alias("_user_id"),
+        F.try_variant_get(field["product_id"], "$", "bigint").alias("_product_id"),
+    )
+
+    present = {name: F.col(f"_s_{name}").isNotNull() for name in names}
+    strings = {name: F.col(f"_s_{name}") for name in STRING_FIELDS}
+    is_integer = {name: F.col(f"_t_{name}").isin(*_INTEGER_TYPES) for name in ("user_id", "product_id", "timestamp")}
+    parsed = parsed.select(
+        *carried,
+        "_utf8",
+        "_object",
+        *(f"_s_{name}" for name in names),
+        F.when(present["timestamp"] & ~is_integer["timestamp"], F.try_to_timestamp("_s_timestamp")).alias("event_ts"),
+        F.when(is_integer["user_id"], F.col("_user_id")).alias("user_id"),
+        F.when(is_integer["product_id"], F.col("_product_id")).alias("product_id"),
+    )
+    event_ts, user_id, product_id = F.col("event_ts"), F.col("user_id"), F.col("product_id")
+    required = [f.name for f in pipeline.schema if f.required]
 
     def when_present(name: str, passes: Column) -> Column:
         return ~present[name] | passes
@@ -134,7 +159,8 @@ def parse_user_events(kafka_rows: DataFrame, pipeline: Pipeline) -> DataFrame:
         # Compared with the broker's timestamp, not the clock, so a backfill decides the same.
         _failed(
             RULE_TS_FUTURE,
-            event_ts.isNull() | (event_ts <= F.col("timestamp") + F.make_interval(secs=F.lit(rules.max_future_skew_s))),
+            event_ts.isNull()
+            | (event_ts <= F.col("kafka_timestamp") + F.make_interval(secs=F.lit(rules.max_future_skew_s))),
         ),
         _failed(RULE_LOCATION, when_present("location", F.length(strings["location"]) <= rules.max_location_length)),
         _failed(
@@ -148,19 +174,15 @@ def parse_user_events(kafka_rows: DataFrame, pipeline: Pipeline) -> DataFrame:
         _failed(RULE_IP, when_present("ip_address", strings["ip_address"].rlike(IP_PATTERN))),
     ]
     violations = (
-        F.when(~utf8_ok, F.array(F.lit(RULE_UTF8)))
-        .when(~is_object, F.array(F.lit(RULE_JSON)))
+        F.when(~F.col("_utf8"), F.array(F.lit(RULE_UTF8)))
+        .when(~F.col("_object"), F.array(F.lit(RULE_JSON)))
         .otherwise(F.array_compact(F.array(*field_rules)))
     )
-    return kafka_rows.select(
-        F.col("topic"),
-        F.col("partition").alias("kafka_partition"),
-        F.col("offset").alias("kafka_offset"),
-        F.col("timestamp").alias("kafka_timestamp"),
-        F.col("value").alias("payload"),
-        event_ts.alias("event_ts"),
-        user_id.alias("user_id"),
-        product_id.alias("product_id"),
+    return parsed.select(
+        *carried,
+        "event_ts",
+        "user_id",
+        "product_id",
         *(strings[name].alias(name) for name in STRING_FIELDS),
         violations.alias("violations"),
     ).select(*EVENT_COLUMNS, "payload", "violations")

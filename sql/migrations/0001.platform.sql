@@ -74,9 +74,17 @@ LANGUAGE plpgsql AS $$
 DECLARE
     part text := format('%s_%s', parent::text, to_char(day, 'YYYYMMDD'));
 BEGIN
+    IF to_regclass(part) IS NOT NULL THEN
+        RETURN part;
+    END IF;
     EXECUTE format(
         'CREATE TABLE IF NOT EXISTS %I PARTITION OF %s FOR VALUES FROM (%L) TO (%L)',
         part, parent, day::timestamp AT TIME ZONE 'UTC', (day + 1)::timestamp AT TIME ZONE 'UTC');
     RETURN part;
+EXCEPTION
+    -- Two writers creating the same day at once: IF NOT EXISTS does not cover the race, the
+    -- loser sees one of these once the winner commits; the partition exists either way.
+    WHEN duplicate_table OR unique_violation THEN
+        RETURN part;
 END
 $$;

@@ -27,7 +27,8 @@ CREATE TABLE user_events (
     location         text,
     user_segment     text,
     ip_address       inet,
-    ingested_at      timestamptz NOT NULL DEFAULT now(),
+    -- When the row was written (not the transaction start), for produce-to-queryable latency.
+    ingested_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (topic, kafka_partition, kafka_offset, event_ts)
 ) PARTITION BY RANGE (event_ts);
 CREATE INDEX user_events_user_ts_idx ON user_events (user_id, event_ts);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, date, datetime
 
 import pytest
@@ -102,8 +103,9 @@ def test_summaries_are_upserted_with_the_recomputed_values(spark: SparkSession, 
 def test_day_partitions_are_created_before_rows_land(pg_url: str) -> None:
     apply_migrations(pg_url)
     sink = PostgresSink(pg_url, application_name="test")
-    with sink.batch("b") as batch:
-        batch.ensure_day_partitions("user_events", [date(2026, 11, 23), date(2026, 11, 24), date(2026, 11, 23)])
+    sink.ensure_day_partitions("user_events", [date(2026, 11, 23), date(2026, 11, 24), date(2026, 11, 23)])
+    # Another writer (its own connection, its own cache) asking for the same day is harmless.
+    PostgresSink(pg_url, application_name="other").ensure_day_partitions("user_events", [date(2026, 11, 24)])
     with pg_connect(pg_url) as conn:
         parts = conn.execute(
             "SELECT relname FROM pg_class WHERE relname LIKE 'user_events_2026%' AND relkind = 'r' ORDER BY 1"
@@ -125,3 +127,27 @@ def test_a_failed_write_rolls_back_and_says_what_happened(pg_url: str) -> None:
     with sink.batch("batch 9 again") as batch:
         assert batch.merge(DEAD, [good]) == 1, "the sink recovers on the next batch"
     sink.close()
+
+
+def test_concurrent_writers_creating_the_same_day_do_not_collide(pg_url: str) -> None:
+    """Parallel partition writers all ask for the day of their rows at once."""
+    apply_migrations(pg_url)
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        sink = PostgresSink(pg_url, application_name=f"writer-{n}")
+        barrier.wait()
+        try:
+            sink.ensure_day_partitions("user_events", [date(2026, 12, 1), date(2026, 12, 2)])
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+        finally:
+            sink.close()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors
