@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps up down status settings test test-unit lint format bootstrap clean
+.PHONY: help setup system-deps up down status settings test test-unit lint format bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ lint: setup ## ruff (lint + format check) and mypy
 format: setup ## Apply ruff's fixes and formatting
 	@$(BIN)/ruff check --fix .
 	@$(BIN)/ruff format .
+
+bench: setup ## Benchmarks (print events/s, p95 latency, COPY ceiling); takes ~10 minutes
+	@$(BIN)/python bench/user_events.py
 
 clean: down ## Stop the stack and remove its state (.state/) — data of the embedded stack is lost
 	rm -rf .state

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 from tributary import bootstrap, stack
 from tributary.airflow_env import admin_password, passwords_file
 from tributary.bootstrap import StepReport
-from tributary.catalog import USER_EVENTS
+from tributary.catalog import USER_EVENTS, get_pipeline
 from tributary.clients import es_client, kafka_admin, kafka_config, pg_connect
 from tributary.provisioning import ProvisioningError
 from tributary.settings import Settings, load_settings
@@ -156,6 +157,23 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_run_job(args: argparse.Namespace, settings: Settings) -> int:
+    """Run a pipeline's streaming job in the foreground with spark-submit (Ctrl-C stops it)."""
+    from spark_jobs.submit import job_environment, submit_argv
+
+    pipeline = get_pipeline(args.pipeline)
+    job_args = [*(["--available-now"] if args.available_now else []), *(["--no-es"] if args.no_es else [])]
+    argv = submit_argv(pipeline, master=settings.spark_master, job_args=job_args)
+    print(" ".join(argv), flush=True)
+    return subprocess.call(argv, env=job_environment())
+
+
+def _run_job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pipeline", choices=["user_events"], help="pipeline whose job to run")
+    parser.add_argument("--available-now", action="store_true", help="process what is in the topic, then stop")
+    parser.add_argument("--no-es", action="store_true", help="do not index into Elasticsearch")
+
+
 def _produce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, default=10_000, help="events to send; 0 = run until interrupted")
     parser.add_argument("--rate", type=float, default=1_000.0, help="events per second; 0 = as fast as possible")
@@ -180,12 +198,14 @@ COMMANDS: dict[str, Command] = {
     "provision": cmd_provision,
     "seed-users": cmd_seed_users,
     "produce": cmd_produce,
+    "run-job": cmd_run_job,
 }
 
 # Subcommands with options: name -> function adding them to the subcommand's parser.
 ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "produce": _produce_arguments,
     "seed-users": _seed_users_arguments,
+    "run-job": _run_job_arguments,
 }
 
 
