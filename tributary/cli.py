@@ -169,7 +169,9 @@ def cmd_run_job(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_job_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pipeline", choices=["user_events"], help="pipeline whose job to run")
+    parser.add_argument(
+        "pipeline", nargs="?", default="user_events", choices=["user_events"], help="pipeline whose job to run"
+    )
     parser.add_argument("--available-now", action="store_true", help="process what is in the topic, then stop")
     parser.add_argument("--no-es", action="store_true", help="do not index into Elasticsearch")
 

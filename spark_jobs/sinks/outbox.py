@@ -49,7 +49,7 @@ class OutboxPublisher:
 
     def __init__(self, sink: PostgresSink, producer_config: dict[str, Any], *, batch_size: int = 5_000) -> None:
         config = {"enable.idempotence": True, "acks": "all", "linger.ms": 5, **producer_config}
-        self._producer = Producer(config)
+        self._producer: Producer | None = Producer(config)
         self._sink = sink
         self._batch_size = batch_size
 
@@ -68,6 +68,9 @@ class OutboxPublisher:
                 return total
 
     def _publish_one_batch(self, timeout_s: float) -> PublishResult:
+        producer = self._producer
+        if producer is None:
+            raise SinkError("outbox: the publisher is closed; the job is stopping")
         conn = self._sink.connection()
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(
@@ -88,15 +91,15 @@ class OutboxPublisher:
                 return callback
 
             for row_id, topic, key, payload, dedup_key in rows:
-                self._producer.produce(
+                producer.produce(
                     topic,
                     value=payload.encode(),
                     key=key.encode(),
                     headers={"dedup_key": dedup_key.encode()},
                     on_delivery=delivered(row_id),
                 )
-                self._producer.poll(0)
-            remaining = self._producer.flush(timeout_s)
+                producer.poll(0)
+            remaining = producer.flush(timeout_s)
             ok_ids = [r[0] for r in rows if r[0] not in errors]
             if remaining:
                 # Not confirmed in time: treat everything of this round as unconfirmed.
@@ -118,4 +121,7 @@ class OutboxPublisher:
         return PublishResult(published=len(ok_ids), failed=len(errors))
 
     def close(self) -> None:
-        self._producer.flush(10)
+        """Flush and drop the producer (its threads end with it, even if this object lives on)."""
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None

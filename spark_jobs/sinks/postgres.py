@@ -9,6 +9,7 @@ together or not at all.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -53,24 +54,34 @@ class MergeTarget:
 
 
 class PostgresSink:
-    """A long-lived connection for one job; `batch()` opens the transaction of one micro-batch."""
+    """Long-lived connections for one job, one per thread; `batch()` opens a micro-batch's transaction.
+
+    Each streaming query calls its batch function from a thread of its own, so a connection (and
+    the transaction on it) must never be shared between threads.
+    """
 
     def __init__(self, pg_url: str, *, application_name: str) -> None:
         self._url = plain_pg_url(pg_url)
         self._application_name = application_name
-        self._conn: psycopg.Connection[Any] | None = None
+        self._local = threading.local()
+        self._all: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
         self._partitions_known: set[tuple[str, date]] = set()
 
     def connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
+        """This thread's connection, opened (again) when missing or broken."""
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
             try:
-                self._conn = psycopg.connect(self._url, application_name=self._application_name)
+                conn = psycopg.connect(self._url, application_name=self._application_name)
             except psycopg.OperationalError as exc:
                 raise SinkError(
                     f"cannot connect to PostgreSQL for {self._application_name}: {exc}; check TRIBUTARY_PG_URL"
                 ) from exc
-            self._partitions_known.clear()
-        return self._conn
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
 
     def ensure_day_partitions(self, table: str, days: Iterable[date]) -> None:
         """Creates the day partitions rows will land in, each in a short transaction of its own.
@@ -95,9 +106,12 @@ class PostgresSink:
         return PostgresBatch(self, label)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Close the connections of every thread."""
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
 
 
 class PostgresBatch:

@@ -73,20 +73,8 @@ ANOMALY_COLUMNS = (
     "user_name",
     "region",
 )
-ES_EVENT_FIELDS = (
-    "topic",
-    "kafka_partition",
-    "kafka_offset",
-    "event_ts",
-    "user_id",
-    "product_id",
-    "action",
-    "device_id",
-    "device_type",
-    "location",
-    "user_segment",
-    "ip_address",
-)
+# The events index maps every raw column but the broker timestamp (its template is strict).
+ES_EVENT_FIELDS = tuple(c for c in T.EVENT_COLUMNS if c != "kafka_timestamp")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from spark_jobs.sinks.copy_lines import LINE, copy_lines, copy_payload
 from spark_jobs.sinks.postgres import MergeTarget, PostgresSink, SinkError
+from spark_jobs.user_events.job import SUMMARY_COLUMNS
 from tributary.clients import pg_connect
 from tributary.migrations import apply_migrations
 
@@ -69,19 +70,7 @@ def test_a_replayed_batch_changes_nothing(spark: SparkSession, pg_url: str) -> N
 def test_summaries_are_upserted_with_the_recomputed_values(spark: SparkSession, pg_url: str) -> None:
     apply_migrations(pg_url)
     target = MergeTarget(
-        "user_activity_summary",
-        (
-            "user_id",
-            "window_start",
-            "window_seconds",
-            "event_count",
-            "distinct_products",
-            "action_counts",
-            "first_event_ts",
-            "last_event_ts",
-        ),
-        key=("user_id", "window_start", "window_seconds"),
-        update=True,
+        "user_activity_summary", SUMMARY_COLUMNS, key=("user_id", "window_start", "window_seconds"), update=True
     )
     schema = (
         "user_id long, window_start timestamp, window_seconds int, event_count long, distinct_products int, "
@@ -151,3 +140,15 @@ def test_concurrent_writers_creating_the_same_day_do_not_collide(pg_url: str) ->
     for thread in threads:
         thread.join(30)
     assert not errors, errors
+
+
+def test_each_thread_gets_its_own_connection(pg_url: str) -> None:
+    """Streaming queries call their batch functions from their own threads at the same time."""
+    sink = PostgresSink(pg_url, application_name="threads")
+    seen: list[int] = []
+    threads = [threading.Thread(target=lambda: seen.append(id(sink.connection()))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+        thread.join(10)
+    assert len(set(seen)) == 3 and sink.connection() is sink.connection()
+    sink.close()
