@@ -18,13 +18,10 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from tributary.clients import plain_pg_url
-from tributary.settings import REPO_ROOT, Settings
+from tributary.settings import KAFKA_CONN_ID, PG_CONN_ID, REPO_ROOT, Settings
 
 DAGS_FOLDER = REPO_ROOT / "dags"
 PLUGINS_FOLDER = REPO_ROOT / "plugins"
-
-POSTGRES_CONN_ID = "tributary_postgres"
-KAFKA_CONN_ID = "tributary_kafka"
 
 
 def passwords_file(settings: Settings) -> Path:
@@ -83,7 +80,7 @@ def airflow_environment(settings: Settings, base: Mapping[str, str] | None = Non
             "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(settings.airflow_home / "dag_bundles"),
             # New DAG files show up within 30 s instead of the default 5 minutes.
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-            f"AIRFLOW_CONN_{POSTGRES_CONN_ID.upper()}": postgres_connection(settings.pg_url),
+            f"AIRFLOW_CONN_{PG_CONN_ID.upper()}": postgres_connection(settings.pg_url),
             f"AIRFLOW_CONN_{KAFKA_CONN_ID.upper()}": kafka_connection(settings.kafka_bootstrap),
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), inherited_path) if p),
         }

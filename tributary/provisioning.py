@@ -170,10 +170,10 @@ def ensure_index_templates(es: Elasticsearch, indices: Sequence[Index]) -> list[
         digest = template_digest(body)
         try:
             found = es.indices.get_index_template(name=index.template_name)["index_templates"]
-            stored_meta = found[0]["index_template"].get("_meta") or {} if found else {}
-            existed = bool(found)
         except NotFoundError:
-            stored_meta, existed = {}, False
+            found = []
+        existed = bool(found)
+        stored_meta = (found[0]["index_template"].get("_meta") or {}) if found else {}
         if stored_meta.get(TEMPLATE_DIGEST_KEY) == digest:
             results.append(ProvisionResult("index_template", index.template_name, "unchanged"))
             continue
