@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from tributary.clients import plain_pg_url
-from tributary.settings import KAFKA_CONN_ID, PG_CONN_ID, REPO_ROOT, Settings
+from tributary.settings import KAFKA_CONN_ID, PG_CONN_ID, REPO_ROOT, SPARK_CONN_ID, Settings
 
 DAGS_FOLDER = REPO_ROOT / "dags"
 PLUGINS_FOLDER = REPO_ROOT / "plugins"
@@ -82,6 +82,7 @@ def airflow_environment(settings: Settings, base: Mapping[str, str] | None = Non
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             f"AIRFLOW_CONN_{PG_CONN_ID.upper()}": postgres_connection(settings.pg_url),
             f"AIRFLOW_CONN_{KAFKA_CONN_ID.upper()}": kafka_connection(settings.kafka_bootstrap),
+            f"AIRFLOW_CONN_{SPARK_CONN_ID.upper()}": spark_connection(settings.spark_master),
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), inherited_path) if p),
         }
     )
@@ -118,6 +119,11 @@ def postgres_connection(url: str) -> str:
 def kafka_connection(bootstrap: str) -> str:
     """Airflow connection (JSON form) of the apache-kafka provider's type `kafka`."""
     return json.dumps({"conn_type": "kafka", "extra": {"bootstrap.servers": bootstrap}})
+
+
+def spark_connection(master: str) -> str:
+    """Airflow connection (JSON form) of type `spark` whose host is the Spark master URL."""
+    return json.dumps({"conn_type": "spark", "host": master})
 
 
 def _token() -> str:

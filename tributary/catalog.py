@@ -220,6 +220,7 @@ class PlatformNames:
     outbox_table: str
     jobs_table: str
     heartbeats_table: str
+    job_actions_table: str
     migrations_table: str
 
 
@@ -230,6 +231,7 @@ PLATFORM = PlatformNames(
     outbox_table="outbox",
     jobs_table="streaming_jobs",
     heartbeats_table="job_heartbeats",
+    job_actions_table="streaming_job_actions",
     migrations_table="_yoyo_migration",
 )
 
@@ -411,5 +413,11 @@ def all_indices() -> list[Index]:
 
 def all_tables() -> list[str]:
     """Every Postgres table the catalog names (shared ones first)."""
-    shared = [PLATFORM.dead_letters_table, PLATFORM.outbox_table, PLATFORM.jobs_table, PLATFORM.heartbeats_table]
+    shared = [
+        PLATFORM.dead_letters_table,
+        PLATFORM.outbox_table,
+        PLATFORM.jobs_table,
+        PLATFORM.heartbeats_table,
+        PLATFORM.job_actions_table,
+    ]
     return shared + [t for p in PIPELINES.values() for t in p.tables.names()]

@@ -25,6 +25,9 @@ DEFAULT_AIRFLOW_DB_URL = "postgresql://postgres@127.0.0.1:5432/tributary_airflow
 # (AIRFLOW_CONN_* env vars), production may define them in any secrets backend instead.
 PG_CONN_ID = "tributary_postgres"
 KAFKA_CONN_ID = "tributary_kafka"
+# conn_type "spark": host = the Spark master (local[N], spark://host:port, k8s://https://host:port),
+# extra = deploy options (see plugins/tributary_airflow/backends.py).
+SPARK_CONN_ID = "tributary_spark"
 
 
 def _env_bool(name: str, default: bool) -> bool:
