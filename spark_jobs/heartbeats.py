@@ -36,6 +36,14 @@ ON CONFLICT (job_name, query_name, batch_id) DO UPDATE SET violations = EXCLUDED
 """
 
 
+# Idle: move the newest heartbeat of the query to now (batch -1 stands for "idle before any batch").
+_TOUCH_IDLE = f"""
+INSERT INTO {PLATFORM.heartbeats_table} (job_name, query_name, batch_id, input_rows)
+SELECT %s, %s, coalesce(max(batch_id), -1), 0 FROM {PLATFORM.heartbeats_table} WHERE job_name = %s AND query_name = %s
+ON CONFLICT (job_name, query_name, batch_id) DO UPDATE SET recorded_at = now()
+"""
+
+
 def _end_offsets(progress: Any) -> dict[str, Any]:
     offsets: dict[str, Any] = {}
     for source in progress.sources:
@@ -53,8 +61,10 @@ class HeartbeatListener(StreamingQueryListener):
     def __init__(self, job_name: str, pg_url: str) -> None:
         self._job_name = job_name
         self._sink = PostgresSink(pg_url, application_name=f"{job_name}-heartbeats")
+        self._names: dict[str, str] = {}
 
     def onQueryStarted(self, event: Any) -> None:
+        self._names[str(event.id)] = event.name or str(event.id)
         log.info("%s: query %s started (id %s)", self._job_name, event.name, event.id)
 
     def onQueryProgress(self, event: Any) -> None:
@@ -84,7 +94,15 @@ class HeartbeatListener(StreamingQueryListener):
             log.exception("%s: heartbeat for %s batch %s not written", self._job_name, progress.name, progress.batchId)
 
     def onQueryIdle(self, event: Any) -> None:
-        pass
+        # An idle query (no new records) is alive: refresh its latest heartbeat, or the supervisor
+        # would take a quiet topic for a stalled job.
+        name = self._names.get(str(event.id), str(event.id))
+        try:
+            conn = self._sink.connection()
+            with conn.transaction():
+                conn.execute(_TOUCH_IDLE, (self._job_name, name, self._job_name, name))
+        except Exception:
+            log.exception("%s: idle heartbeat for %s not written", self._job_name, name)
 
     def onQueryTerminated(self, event: Any) -> None:
         if event.exception:

@@ -174,13 +174,22 @@ class AnomalyRules:
 class Health:
     """Limits the supervisor applies to a running streaming job."""
 
+    # A running job writes a heartbeat per batch (and when idle, every ~10 s); older is stale.
     max_heartbeat_age_s: int = 120
+    # From submit to the first heartbeat: JVM start, Python workers, first batch.
+    start_grace_s: int = 180
+    # Lag (broker log end minus the job's end offsets) above this, growing at this many
+    # consecutive supervisor checks, means the job cannot keep up or is stuck.
     max_lag_records: int = 200_000
     lag_growth_checks: int = 3
+    # Restarts in a row before the job is marked failed (and the supervisor run fails).
     max_restarts: int = 5
+    # Wait before the n-th restart in a row: initial * 2^(n-1), capped; reset after a healthy period.
     backoff_initial_s: int = 30
     backoff_max_s: int = 600
     healthy_reset_s: int = 900
+    # A stop asked for through the registry; the driver is killed if still there after this.
+    stop_grace_s: int = 60
 
 
 @dataclass(frozen=True)
@@ -201,6 +210,8 @@ class Pipeline:
     anomaly: AnomalyRules | None = None
     max_offsets_per_trigger: int = 200_000
     trigger_interval_s: int = 5
+    # `make up` asks the supervisor to run this job (desired state "running").
+    autostart: bool = True
 
     @property
     def job_name(self) -> str:

@@ -31,10 +31,20 @@ Command = Callable[[argparse.Namespace, Settings], int]
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    """Start the embedded platform (Postgres, Kafka, ES-API, Airflow) and wait until healthy."""
+    """Start the embedded platform, bootstrap it, start the streaming jobs and a demo producer."""
     started = time.monotonic()
     try:
         statuses = stack.up(settings)
+        if not args.stack_only:
+            from tributary import platform
+            from tributary.airflow_api import AirflowApiError
+            from tributary.stack.producer import DemoProducer
+
+            try:
+                platform.start(settings, statuses, print)
+            except AirflowApiError as exc:
+                raise stack.StackError(f"platform start: {exc}") from exc
+            statuses = [*statuses, DemoProducer(settings).up()]
     except stack.StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -47,6 +57,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         print(f"Airflow login: {settings.airflow_user} (no password in {passwords_file(settings)} yet)")
     else:
         print(f"Airflow login: {settings.airflow_user} / {password}  (from {passwords_file(settings)})")
+    if not args.stack_only:
+        print(f"Streaming jobs page: {settings.airflow_url}/tributary/jobs/  (also in the UI menu)")
     print(f"ready in {time.monotonic() - started:.0f}s")
     return 0
 
@@ -187,6 +199,14 @@ def _produce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=42)
 
 
+def _up_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--stack-only",
+        action="store_true",
+        help="only start the services (no bootstrap run, no streaming jobs, no demo producer)",
+    )
+
+
 def _seed_users_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--users", type=int, default=1_000, help="user ids 1..N")
 
@@ -205,6 +225,7 @@ COMMANDS: dict[str, Command] = {
 
 # Subcommands with options: name -> function adding them to the subcommand's parser.
 ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "up": _up_arguments,
     "produce": _produce_arguments,
     "seed-users": _seed_users_arguments,
     "run-job": _run_job_arguments,

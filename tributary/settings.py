@@ -52,6 +52,16 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"{name}={raw!r} is not an integer") from None
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
 def _env_str(name: str, default: str) -> str:
     raw = os.environ.get(name)
     return default if raw is None or raw == "" else raw
@@ -152,6 +162,13 @@ class Settings:
             "doc": "Data-lake root for compaction exports (local path or Hadoop URI)",
         }
     )
+    demo_rate: float = field(
+        default=20.0,
+        metadata={
+            "env": "TRIBUTARY_DEMO_RATE",
+            "doc": "Events/s of the demo producer `up` starts (0: no producer)",
+        },
+    )
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -178,6 +195,7 @@ class Settings:
             spark_master=_env_str("TRIBUTARY_SPARK_MASTER", "local[2]"),
             checkpoint_root=_env_str("TRIBUTARY_CHECKPOINT_ROOT", str(state_dir / "checkpoints")),
             lake_uri=_env_str("TRIBUTARY_LAKE_URI", str(state_dir / "lake")),
+            demo_rate=_env_float("TRIBUTARY_DEMO_RATE", 20.0),
         )
 
     # Endpoints, each naming the setting to change when its port is taken or unreachable.

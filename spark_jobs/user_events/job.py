@@ -44,7 +44,8 @@ from spark_jobs.sinks.postgres import MergeTarget, PostgresSink
 from spark_jobs.sources.kafka import read_kafka_stream
 from spark_jobs.user_events import transforms as T
 from tributary.catalog import PLATFORM, USER_EVENTS, Pipeline, PlatformNames, Window
-from tributary.clients import es_client, jdbc_url, kafka_config
+from tributary.clients import es_client, jdbc_url, kafka_config, pg_connect
+from tributary.registry import JobRegistry
 from tributary.settings import Settings, load_settings
 
 log = logging.getLogger("tributary.user_events")
@@ -366,6 +367,7 @@ class UserEventsJob:
         self.spark.streams.addListener(listener)
         queries = self.start()
         log.info("%s: started queries %s", self.name, [q.name for q in queries])
+        self._report_state(None, running=True)
         try:
             while any(q.isActive for q in queries):
                 failed = [q for q in queries if not q.isActive and q.exception() is not None]
@@ -385,13 +387,31 @@ class UserEventsJob:
         errors = [(q.name, q.exception()) for q in queries if q.exception() is not None]
         for name, error in errors:
             log.error("%s: query %s failed: %s", self.name, name, error)
+        self._report_state("; ".join(f"query {name} failed: {error}" for name, error in errors) or None)
         return 1 if errors else 0
+
+    def _report_state(self, error: str | None, running: bool = False) -> None:
+        """Tells the registry (and so the supervisor and the jobs page) what the job is doing."""
+        with pg_connect(self.settings.pg_url, application_name=f"tributary-{self.name}") as conn:
+            registry = JobRegistry(conn)
+            try:
+                if running:
+                    registry.record_running(self.name, self.spark.sparkContext.applicationId)
+                else:
+                    registry.record_job_exit(self.name, error[:4000] if error else None)
+            except KeyError:
+                # Run by hand on a database the platform never registered the job in: fine, but
+                # then the supervisor does not know about this run.
+                log.info("%s: not in the job registry; running unsupervised", self.name)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     defaults = JobOptions()
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--pipeline", default=USER_EVENTS.name, choices=[USER_EVENTS.name], help="catalog pipeline this job runs"
     )
     parser.add_argument("--available-now", action="store_true", help="process what is in the topic now, then stop")
     parser.add_argument("--no-es", action="store_true", help="do not index into Elasticsearch")

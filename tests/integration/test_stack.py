@@ -37,6 +37,7 @@ COMPONENTS = (
     "airflow-scheduler",
     "airflow-dag-processor",
     "airflow-triggerer",
+    "producer",
 )
 
 
@@ -95,7 +96,7 @@ def stack_env(tmp_path: Path, pg_server_url: str) -> Iterator[dict[str, str]]:
     try:
         yield env
     finally:
-        down = tributary(env, "down", timeout=60)
+        down = tributary(env, "down", timeout=120)
         drop_database(airflow_url)
         drop_database(data_url)
         assert down.returncode == 0, down.stdout + down.stderr
@@ -106,10 +107,32 @@ def test_up_is_healthy_idempotent_and_down_stops_everything(stack_env: dict[str,
     state_dir = Path(stack_env["TRIBUTARY_STATE_DIR"])
     airflow_url = f"http://127.0.0.1:{stack_env['TRIBUTARY_AIRFLOW_PORT']}"
 
-    up = tributary(stack_env, "up")
+    up = tributary(stack_env, "up", timeout=480)
     assert up.returncode == 0, up.stdout + up.stderr
     states = table_states(up.stdout)
     assert states == {"postgres": "external", **{c: "started" for c in COMPONENTS[1:]}}, up.stdout
+    assert "tributary_bootstrap: success" in up.stdout and "tributary_streaming_supervisor: success" in up.stdout
+
+    # The supervisor started user_events; the demo producer feeds it: batches within a minute.
+    data_url = stack_env["TRIBUTARY_PG_URL"]
+    with pg_connect(data_url) as conn:
+        state, driver_pid = conn.execute(
+            "SELECT actual_state, pid FROM streaming_jobs WHERE job_name = 'user_events'"
+        ).fetchone()  # type: ignore[misc]
+    assert state == "running" and driver_pid, up.stdout
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with pg_connect(data_url) as conn:
+            landed, age = conn.execute(
+                "SELECT (SELECT count(*) FROM user_events), "
+                "extract(epoch FROM now() - (SELECT max(recorded_at) FROM job_heartbeats WHERE input_rows > 0))"
+            ).fetchone()  # type: ignore[misc]
+        if landed and age is not None and age < 60:
+            break
+        time.sleep(2)
+    else:
+        job_logs = "\n".join(p.read_text()[-2000:] for p in (state_dir / "logs" / "jobs").glob("*.log"))
+        raise AssertionError(f"no recent batch with data (raw rows {landed}, age {age}); job log:\n{job_logs}")
 
     with urllib.request.urlopen(f"{airflow_url}/api/v2/monitor/health", timeout=5) as resp:
         health = json.loads(resp.read())
@@ -141,7 +164,7 @@ def test_up_is_healthy_idempotent_and_down_stops_everything(stack_env: dict[str,
         if pids & our_pids:
             assert line.split()[3].startswith("127.0.0.1:"), line
 
-    again = tributary(stack_env, "up", timeout=60)
+    again = tributary(stack_env, "up", timeout=240)
     assert again.returncode == 0, again.stdout + again.stderr
     assert table_states(again.stdout) == {"postgres": "external", **{c: "already running" for c in COMPONENTS[1:]}}
     assert pid_records(state_dir) == records
@@ -150,8 +173,9 @@ def test_up_is_healthy_idempotent_and_down_stops_everything(stack_env: dict[str,
     assert status.returncode == 0, status.stdout + status.stderr
     assert table_states(status.stdout) == {"postgres": "external", **{c: "running" for c in COMPONENTS[1:]}}
 
-    down = tributary(stack_env, "down", timeout=60)
+    down = tributary(stack_env, "down", timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
+    assert read_proc_stat(driver_pid) is None or read_proc_stat(driver_pid).is_zombie, "the job's driver still runs"  # type: ignore[union-attr]
     for name, record in records.items():
         assert not record.is_alive(), f"{name} (pid {record.pid}) still runs"
         assert record.group_members() == [], f"{name}: processes {record.group_members()} still run"

@@ -20,6 +20,7 @@ from tributary.stack.errors import StackError
 from tributary.stack.health import Progress
 from tributary.stack.paths import StatePaths
 from tributary.stack.postgres import PostgresServer
+from tributary.stack.producer import DemoProducer
 from tributary.stack.search import OsmemSearch
 
 
@@ -86,8 +87,11 @@ def down(settings: Settings, progress: Progress | None = print_progress) -> list
 
 
 def _down(settings: Settings, progress: Progress | None) -> list[ComponentStatus]:
+    from tributary.platform import stop_jobs
+
     components = stack_components(settings, progress)
     postgres, kafka, search, *airflow = components
+    producer = DemoProducer(settings, progress)
     errors: list[str] = []
     results: dict[str, ComponentStatus] = {}
 
@@ -97,19 +101,26 @@ def _down(settings: Settings, progress: Progress | None) -> list[ComponentStatus
         except (StackError, RuntimeError, OSError) as exc:
             errors.append(f"{component.name}: {exc}")
 
+    stop(producer)
     # Airflow's processes shut down independently; stopping them together saves their grace periods.
     with ThreadPoolExecutor(max_workers=len(airflow)) as pool:
         list(pool.map(stop, airflow))
+    # The streaming drivers after Airflow (its supervisor would restart them), before their services.
+    try:
+        stop_jobs(settings, progress)
+    except (StackError, RuntimeError, OSError) as exc:
+        errors.append(f"streaming jobs: {exc}")
     for component in (search, kafka, postgres):
         stop(component)
     if errors:
         raise StackError("could not stop everything:\n" + "\n".join(errors))
-    return [results[c.name] for c in components]
+    return [results[c.name] for c in [producer, *components]]
 
 
 def status(settings: Settings) -> list[ComponentStatus]:
     """The state of every component, changing nothing (stale PID files aside)."""
-    return [component.status() for component in stack_components(settings, progress=None)]
+    components = [*stack_components(settings, progress=None), DemoProducer(settings, progress=None)]
+    return [component.status() for component in components]
 
 
 @contextmanager

@@ -1,0 +1,187 @@
+"""What `tributary up` does once the services are healthy, and `down` before they stop.
+
+Up: bootstrap through Airflow (the DAG a user would trigger), demo users, the catalog's autostart
+jobs set to *running* and started by a supervisor run, then the demo producer, so a newcomer
+sees data flowing. Down: the producer, then the streaming drivers (SIGTERM: they stop at a batch
+boundary), after Airflow so the supervisor cannot restart them meanwhile.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tributary.airflow_api import AirflowApi
+from tributary.airflow_env import admin_password, passwords_file
+from tributary.catalog import PIPELINES, PLATFORM, USER_EVENTS, Pipeline
+from tributary.clients import pg_connect
+from tributary.registry import JobRegistry
+from tributary.settings import REPO_ROOT, Settings
+from tributary.stack.component import ComponentStatus, State
+from tributary.stack.errors import StackError
+from tributary.stack.processes import PidRecord, read_proc_stat, stop
+
+BOOTSTRAP_DAG = "tributary_bootstrap"
+SUPERVISOR_DAG = "tributary_streaming_supervisor"
+CONTROL_DAG = "tributary_streaming_control"
+DEMO_USERS = 1_000
+# JVM start, Python workers and the first batch of a job on 2 cores.
+JOB_START_TIMEOUT_S = 240
+
+Progress = Callable[[str], None]
+
+
+def runnable_pipelines() -> list[Pipeline]:
+    """Autostart pipelines whose job exists in this checkout."""
+    return [
+        p for p in PIPELINES.values() if p.autostart and REPO_ROOT.joinpath(*p.job_module.split("."), "job.py").exists()
+    ]
+
+
+def start(settings: Settings, statuses: Sequence[ComponentStatus], progress: Progress) -> None:
+    broker_fresh = any(s.name == "kafka" and s.state == State.STARTED for s in statuses)
+    if broker_fresh and settings.embedded_kafka:
+        reset_stream_state(settings, progress)
+    password = admin_password(settings)
+    if password is None:
+        raise StackError(f"no Airflow admin password in {passwords_file(settings)}; is the api-server up?")
+    with AirflowApi(settings.airflow_url, settings.airflow_user, password) as api:
+        progress("platform: waiting for Airflow to parse the DAGs ...")
+        for dag in (BOOTSTRAP_DAG, SUPERVISOR_DAG, CONTROL_DAG):
+            api.wait_for_dag(dag)
+        _run_dag(api, BOOTSTRAP_DAG, progress)
+        seed_demo_users(settings, progress)
+        jobs = [p.job_name for p in runnable_pipelines()]
+        with pg_connect(settings.pg_url, application_name="tributary-up") as conn:
+            registry = JobRegistry(conn)
+            registry.ensure(jobs)
+            for job in jobs:
+                registry.request_start(job, "tributary up")
+        progress(f"platform: jobs {', '.join(jobs)} set to running; supervisor run ...")
+        api.unpause(SUPERVISOR_DAG)
+        _run_dag(api, SUPERVISOR_DAG, progress)
+    wait_until_running(settings, jobs, progress)
+
+
+def _run_dag(api: AirflowApi, dag_id: str, progress: Progress) -> None:
+    api.unpause(dag_id)
+    run_id = api.trigger(dag_id)
+    state = api.wait_for_run(dag_id, run_id, timeout_s=600, progress=progress)
+    if state != "success":
+        raise StackError(f"{dag_id} run {state}: see its task logs at {api.failed_task_logs_hint(dag_id, run_id)}")
+
+
+def seed_demo_users(settings: Settings, progress: Progress) -> None:
+    from tributary.producers.user_events import user_rows
+
+    lookup = USER_EVENTS.tables.lookup or "users"
+    with pg_connect(settings.pg_url) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {lookup}").fetchone()
+        if row and row[0]:
+            return
+        with conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO {lookup} (user_id, name, email, region, segment) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (user_id) DO NOTHING",
+                user_rows(DEMO_USERS),
+            )
+    progress(f"platform: {DEMO_USERS} demo users in {lookup}")
+
+
+def wait_until_running(settings: Settings, jobs: Sequence[str], progress: Progress) -> None:
+    deadline = time.monotonic() + JOB_START_TIMEOUT_S
+    pending = set(jobs)
+    while pending:
+        with pg_connect(settings.pg_url) as conn:
+            registry = JobRegistry(conn)
+            records = {job: registry.get(job) for job in pending}
+        for job, record in records.items():
+            if record.actual_state == "running":
+                progress(f"platform: {job} running (pid {record.pid})")
+                pending.discard(job)
+            elif record.actual_state == "failed":
+                raise StackError(f"{job} failed to start: {record.last_error}\nlog: {record.log_path}")
+        if pending and time.monotonic() > deadline:
+            raise StackError(
+                f"{', '.join(sorted(pending))} not running after {JOB_START_TIMEOUT_S}s; "
+                f"see the job logs under {settings.state_dir / 'logs' / 'jobs'}"
+            )
+        if pending:
+            time.sleep(2.0)
+
+
+def reset_stream_state(settings: Settings, progress: Progress) -> None:
+    """A fresh memory-only broker starts its offsets at 0 again: clear what was keyed by the old ones.
+
+    Checkpoints hold offsets of a log that no longer exists, and rows keyed by (topic, partition,
+    offset) would make new records at reused offsets look like replays. Users and the job
+    registry are kept. Production (a persistent Kafka) never gets here.
+    """
+    checkpoints = Path(settings.checkpoint_root)
+    had_checkpoints = checkpoints.exists() and any(checkpoints.iterdir())
+    with pg_connect(settings.pg_url) as conn:
+        existing = {
+            r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").fetchall()
+        }
+        tables = [
+            t
+            for p in PIPELINES.values()
+            for t in (p.tables.raw, p.tables.summary, p.tables.anomalies, p.tables.late)
+            if t and t in existing
+        ]
+        tables += [
+            t for t in (PLATFORM.dead_letters_table, PLATFORM.outbox_table, PLATFORM.heartbeats_table) if t in existing
+        ]
+        has_rows = any(conn.execute(f"SELECT EXISTS (SELECT 1 FROM {t})").fetchone()[0] for t in tables)  # type: ignore[index]
+        if not (had_checkpoints or has_rows):
+            return
+        progress(
+            "platform: the embedded Kafka broker is memory-only and started empty, so offsets restart at 0; "
+            f"clearing stream state of the previous run (checkpoints, {', '.join(tables)})"
+        )
+        if tables:
+            conn.execute(f"TRUNCATE {', '.join(tables)}")
+        conn.commit()
+    if had_checkpoints:
+        shutil.rmtree(checkpoints)
+
+
+def stop_jobs(settings: Settings, progress: Progress | None, grace_s: float = 60.0) -> None:
+    """SIGTERM every local driver the registry knows, SIGKILL after `grace_s`; desired state kept."""
+    try:
+        conn = pg_connect(settings.pg_url, application_name="tributary-down", connect_timeout=5)
+    except Exception as error:  # noqa: BLE001 - no database: no registry, nothing of ours to stop
+        if progress:
+            progress(f"jobs: registry not reachable ({error}); no streaming drivers stopped")
+        return
+    with conn:
+        registry = JobRegistry(conn)
+        try:
+            records = [r for r in registry.all() if r.pid]
+        except Exception as error:  # noqa: BLE001 - before the first migration there is no registry
+            if progress:
+                progress(f"jobs: no registry yet ({error.__class__.__name__}); nothing to stop")
+            return
+        for record in records:
+            assert record.pid is not None
+            if progress:
+                progress(f"jobs: stopping {record.job_name} (pid {record.pid}) ...")
+            driver = _driver_record(record.pid)
+            if driver is not None:
+                stop(driver, timeout=grace_s)
+            registry.record_exit(record.job_name, "stopped")
+            registry.log(record.job_name, "stop", "tributary down")
+
+
+def _driver_record(pid: int) -> PidRecord | None:
+    """The driver's process group if `pid` still is a spark-submit session leader (no reused PID)."""
+    stat = read_proc_stat(pid)
+    if stat is None or stat.pgrp != pid:
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return PidRecord(pid, stat.start_ticks) if b"spark" in cmdline else None
