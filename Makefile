@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/install_python.sh
 	@scripts/install_python.sh
 	@touch $@
 
-up: setup ## Start the embedded platform (Postgres, Kafka, ES-API, Airflow) and wait until healthy
+up: setup ## Start the platform: services, bootstrap, streaming jobs (via the supervisor), demo producer
 	@$(BIN)/tributary up
 
 down: ## Stop every process `make up` started

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Checks the system packages Tributary needs beyond Python: Java 17 (Spark) and the PostgreSQL
-# JDBC driver (Spark batch reads). Installs them with apt where it can (root on Debian/Ubuntu);
+# Checks the system packages Tributary needs beyond Python: Java 17 (Spark), the PostgreSQL
+# JDBC driver (Spark batch reads) and Chromium (the UI tests drive it headless). Installs them with apt where it can (root on Debian/Ubuntu);
 # otherwise stops and says exactly what to install.
 set -euo pipefail
 
@@ -22,6 +22,7 @@ else
   fi
 fi
 [ -f "$JDBC_JAR" ] || missing+=(libpostgresql-jdbc-java)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
@@ -36,5 +37,5 @@ fi
 
 echo "setup: missing system packages: ${missing[*]}" >&2
 echo "setup: install them, e.g.  sudo apt-get install ${missing[*]}" >&2
-echo "setup: (Java 17 runs Spark; $JDBC_JAR lets Spark batch jobs read PostgreSQL)" >&2
+echo "setup: (Java 17 runs Spark; $JDBC_JAR lets Spark batch jobs read PostgreSQL; chromium runs the UI tests)" >&2
 exit 1

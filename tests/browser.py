@@ -42,6 +42,7 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--no-first-run",
     "--no-default-browser-check",
+    "--lang=en-US",  # numbers and dates render the same on every machine
 )
 START_TIMEOUT = 30.0
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

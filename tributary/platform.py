@@ -60,6 +60,8 @@ def start(settings: Settings, statuses: Sequence[ComponentStatus], progress: Pro
             for job in jobs:
                 registry.request_start(job, "tributary up")
         progress(f"platform: jobs {', '.join(jobs)} set to running; supervisor run ...")
+        # Runs of a paused DAG stay queued: the control DAG must answer its first trigger.
+        api.unpause(CONTROL_DAG)
         api.unpause(SUPERVISOR_DAG)
         _run_dag(api, SUPERVISOR_DAG, progress)
     wait_until_running(settings, jobs, progress)

@@ -272,7 +272,10 @@ class JobBackend(ABC):
 
     @abstractmethod
     def kill(self, submission: Submission, grace_s: float = 30.0) -> None:
-        """SIGTERM (the job stops at a batch boundary), SIGKILL after `grace_s`; fine if already gone."""
+        """SIGTERM (the job stops at a batch boundary), SIGKILL after `grace_s`; fine if already gone.
+
+        Returns once the driver is gone (Kubernetes: once the pod is, or after `grace_s` + 30 s).
+        """
 
     def log_path(self, pipeline: Pipeline, log_dir: Path, at: datetime) -> Path:
         return log_dir / f"{pipeline.job_name}-{_utc(at):%Y%m%dT%H%M%SZ}.log"
@@ -647,21 +650,37 @@ def group_members(pgid: int) -> list[int]:
 
 
 def stop_driver(pid: int, main_file: str, grace_s: float) -> None:
-    """SIGTERM the driver's process group, SIGKILL it after `grace_s`; nothing if it is gone.
+    """Ask the driver to stop (SIGTERM), SIGKILL its process group after `grace_s`; fine if gone.
 
+    SIGTERM goes to the innermost process running `main_file`: under spark-submit that is the
+    Python driver, whose handler stops the queries and returns, after which spark-submit's JVM
+    exits by itself. Signalling the JVM too would run its shutdown hook, which stops the
+    SparkContext under the running batch (queries end "with error", nothing is reported).
     The group is only signalled while one of its processes runs `main_file`: a PID or group id
     that the kernel has since handed to another program is left alone.
     """
-    if not any(main_file in cmdline(member) for member in group_members(pid)):
+    running = {member: _parent(member) for member in group_members(pid) if main_file in cmdline(member)}
+    if not running:
         _reap(pid)
         return
-    _signal_group(pid, signal.SIGTERM)
+    parents = set(running.values())
+    for driver in (member for member in running if member not in parents):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(driver, signal.SIGTERM)
     if _wait_group_gone(pid, grace_s):
         return
     log.warning("driver %d (%s) still running %.0fs after SIGTERM; sending SIGKILL", pid, main_file, grace_s)
     _signal_group(pid, signal.SIGKILL)
     if not _wait_group_gone(pid, 10.0):
         raise RuntimeError(f"processes {group_members(pid)} of driver group {pid} survived SIGKILL")
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(raw.rpartition(")")[2].split()[1])  # field 4 of proc(5): ppid
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

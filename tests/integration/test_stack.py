@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tributary.airflow_api import AirflowApi, AirflowApiError
 from tributary.clients import es_client, kafka_admin, pg_connect
 from tributary.settings import REPO_ROOT, Settings, load_settings
 from tributary.stack import StackError, State
@@ -62,6 +63,11 @@ def table_states(output: str) -> dict[str, str]:
         if cells and cells[0] in COMPONENTS and len(cells) >= 2:
             states[cells[0]] = cells[1]
     return states
+
+
+def gone(pid: int) -> bool:
+    stat = read_proc_stat(pid)
+    return stat is None or stat.is_zombie
 
 
 def pid_records(state_dir: Path) -> dict[str, PidRecord]:
@@ -164,6 +170,20 @@ def test_up_is_healthy_idempotent_and_down_stops_everything(stack_env: dict[str,
         if pids & our_pids:
             assert line.split()[3].startswith("127.0.0.1:"), line
 
+    # The control DAG: typed params refuse what the catalog does not know; `stop` stops cleanly.
+    with AirflowApi(airflow_url, "admin", login.group(1)) as api:
+        for bad in ({"job": "no_such_job", "action": "stop"}, {"job": "user_events", "action": "explode"}):
+            with pytest.raises(AirflowApiError, match="400"):
+                api.trigger("tributary_streaming_control", conf=bad)
+        run_id = api.trigger("tributary_streaming_control", conf={"job": "user_events", "action": "stop"})
+        assert api.wait_for_run("tributary_streaming_control", run_id, timeout_s=180) == "success"
+    with pg_connect(data_url) as conn:
+        assert conn.execute(
+            "SELECT desired_state, actual_state, pid FROM streaming_jobs WHERE job_name = 'user_events'"
+        ).fetchone() == ("stopped", "stopped", None)
+    assert gone(driver_pid), "the stopped job's driver still runs"
+
+    # `up` again: every service already runs; the job is wanted again and the supervisor starts it.
     again = tributary(stack_env, "up", timeout=240)
     assert again.returncode == 0, again.stdout + again.stderr
     assert table_states(again.stdout) == {"postgres": "external", **{c: "already running" for c in COMPONENTS[1:]}}
@@ -173,9 +193,15 @@ def test_up_is_healthy_idempotent_and_down_stops_everything(stack_env: dict[str,
     assert status.returncode == 0, status.stdout + status.stderr
     assert table_states(status.stdout) == {"postgres": "external", **{c: "running" for c in COMPONENTS[1:]}}
 
+    with pg_connect(data_url) as conn:
+        state, driver_pid = conn.execute(
+            "SELECT actual_state, pid FROM streaming_jobs WHERE job_name = 'user_events'"
+        ).fetchone()  # type: ignore[misc]
+    assert state == "running" and driver_pid, again.stdout
+
     down = tributary(stack_env, "down", timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
-    assert read_proc_stat(driver_pid) is None or read_proc_stat(driver_pid).is_zombie, "the job's driver still runs"  # type: ignore[union-attr]
+    assert gone(driver_pid), "the job's driver still runs after down"
     for name, record in records.items():
         assert not record.is_alive(), f"{name} (pid {record.pid}) still runs"
         assert record.group_members() == [], f"{name}: processes {record.group_members()} still run"

@@ -39,21 +39,20 @@
     const td = element("td");
     td.append(element("div", "job-name", job.job));
     td.append(element("div", "muted", job.description));
+    const where = [job.deploy_mode, job.pid !== null ? `pid ${job.pid}` : null, job.app_id].filter(Boolean);
+    if (where.length) td.append(element("div", "muted", where.join(" · ")));
     return td;
   }
 
+  // The cell holds the badge alone, so its text is the state (tests and screen readers read it).
   function stateCell(job) {
     const state = job.state.toUpperCase();
     const td = element("td");
     td.dataset.state = state;
-    td.append(element("span", `badge state-${job.state}`, state));
-    if (job.desired_state !== job.state) {
-      td.append(element("div", "muted", `wanted: ${job.desired_state}`));
-    }
-    if (job.pid !== null || job.app_id) {
-      const where = [job.deploy_mode, job.pid !== null ? `pid ${job.pid}` : null, job.app_id].filter(Boolean);
-      td.append(element("div", "muted", where.join(" · ")));
-    }
+    const badge = element("span", `badge state-${job.state}`, state);
+    badge.title = `wanted: ${job.desired_state}`;
+    if (job.desired_state !== job.state) badge.classList.add("unsettled");
+    td.append(badge);
     return td;
   }
 

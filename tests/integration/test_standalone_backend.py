@@ -1,0 +1,138 @@
+"""The user_events job submitted through `StandaloneBackend` to a real Spark standalone cluster.
+
+A master and one worker (1 core) run on loopback ports of their own; the driver runs detached
+here in client mode, the executor on the worker, importing the job's code from the zip the
+backend ships with `--py-files`. A broker and an ES-API server of the test's own keep the
+catalog's topic names private to it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_user_events_job import prepare, scalar, send
+from tributary.airflow_env import tributary_environment
+from tributary.catalog import PLATFORM, USER_EVENTS
+from tributary.producers.user_events import EventMix, generate_events
+from tributary.settings import Settings
+from tributary.stack.broker import TansuBroker
+from tributary.stack.ports import free_port
+from tributary.stack.processes import tail
+from tributary.stack.search import OsmemSearch
+from tributary.stack.spark_standalone import StandaloneCluster, standalone_cluster
+from tributary_airflow.backends import SparkTarget, StandaloneBackend, Submission
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# Executors and driver reach each other on loopback only; one small executor fits the worker.
+CLUSTER_CONF = {
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.ui.enabled": "false",
+    "spark.executor.memory": "512m",
+}
+
+
+@pytest.fixture
+def private_settings(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """`settings` with a broker and an ES-API server of this test's own (catalog names, no sharing)."""
+    own = replace(
+        settings,
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        embedded_kafka=True,
+        es_url=f"http://127.0.0.1:{free_port()}",
+        embedded_es=True,
+        state_dir=tmp_path / "services",
+    )
+    broker, search = TansuBroker(own, progress=None), OsmemSearch(own, progress=None)
+    broker.up()
+    search.up()
+    monkeypatch.setenv("TRIBUTARY_KAFKA_BOOTSTRAP", own.kafka_bootstrap)
+    monkeypatch.setenv("TRIBUTARY_ES_URL", own.es_url)
+    try:
+        yield replace(own, state_dir=settings.state_dir)
+    finally:
+        search.down()
+        broker.down()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[StandaloneCluster]:
+    with standalone_cluster(tmp_path / "spark", cores=1, memory="1g") as running:
+        yield running
+
+
+def wait_until_exited(
+    backend: StandaloneBackend, submission: Submission, cluster: StandaloneCluster, timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while backend.is_active(submission):
+        if time.monotonic() > deadline:
+            backend.kill(submission, grace_s=5)
+            raise AssertionError(
+                f"the job still ran after {timeout_s:.0f}s; driver log:\n{tail(Path(submission.log_path or ''), 40)}"
+                f"\n{cluster.logs()}"
+            )
+        time.sleep(1.0)
+
+
+def test_user_events_land_exactly_through_a_standalone_cluster(
+    private_settings: Settings, cluster: StandaloneCluster, tmp_path: Path
+) -> None:
+    settings = private_settings
+    prepare(settings, USER_EVENTS, PLATFORM, users=50)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    events = list(
+        generate_events(400, seed=31, start=start, events_per_s=20, mix=EventMix(users=50, invalid_share=0.1))
+    )
+    send(settings, USER_EVENTS.topic.name, events)
+    invalid = sum(1 for e in events if e.kind.startswith("invalid:"))
+    assert 0 < invalid < len(events)
+
+    backend = StandaloneBackend(SparkTarget(master=cluster.master_url, conf=CLUSTER_CONF), code_dir=tmp_path / "code")
+    submission = backend.submit(
+        USER_EVENTS, ["--available-now", "--no-es"], tributary_environment(settings), tmp_path / "logs"
+    )
+    assert submission.deploy_mode == "standalone"
+    assert backend.status(submission) == "running"
+    wait_until_exited(backend, submission, cluster, timeout_s=150)
+    log = Path(submission.log_path or "").read_text(errors="replace")
+
+    assert scalar(settings, "SELECT count(*) FROM user_events") == len(events) - invalid, log[-3000:]
+    assert scalar(settings, "SELECT count(*) FROM dead_letters") == invalid
+    assert "failed" not in "\n".join(line for line in log.splitlines() if "tributary.user_events" in line)
+
+    # The application ran on the cluster: the master lists it as finished, and its executor
+    # on the worker fetched the code archive the backend built.
+    app_id = backend.find_app_id(submission)
+    assert app_id is not None, log[-3000:]
+    apps = {app["id"]: app for app in cluster.state()["completedapps"]}
+    assert apps[app_id]["name"] == "tributary-user_events"
+    assert apps[app_id]["state"] == "FINISHED"
+    archive = Path(submission.argv[submission.argv.index("--py-files") + 1])
+    assert list((cluster.work_dir / app_id).glob(f"*/{archive.name}")), sorted(cluster.work_dir.rglob("*"))
+
+
+def test_experiment_streaming_kill(private_settings: Settings, cluster: StandaloneCluster, tmp_path: Path) -> None:
+    settings = private_settings
+    prepare(settings, USER_EVENTS, PLATFORM, users=50)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    events = list(generate_events(200, seed=31, start=start, events_per_s=20, mix=EventMix(users=50)))
+    send(settings, USER_EVENTS.topic.name, events)
+    backend = StandaloneBackend(SparkTarget(master=cluster.master_url, conf=CLUSTER_CONF), code_dir=tmp_path / "code")
+    env = {**tributary_environment(settings), "SPARK_LOCAL_IP": "127.0.0.1"}
+    submission = backend.submit(USER_EVENTS, ["--no-es", "--trigger-interval", "1"], env, tmp_path / "logs")
+    deadline = time.monotonic() + 150
+    while scalar(settings, "SELECT count(*) FROM user_events") < len(events) and time.monotonic() < deadline:
+        time.sleep(1)
+    t = time.monotonic()
+    backend.kill(submission, grace_s=60)
+    print("kill took", time.monotonic() - t)
+    print(Path(submission.log_path or "").read_text()[-6000:])
+    assert False
