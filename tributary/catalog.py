@@ -193,6 +193,18 @@ class Health:
 
 
 @dataclass(frozen=True)
+class BatchPolicy:
+    """How the batch side treats a pipeline's stored data."""
+
+    # Raw day partitions older than this many days are exported to the lake and dropped.
+    hot_retention_days: int = 30
+    # A reconciliation mismatch triggers a backfill of exactly the affected range.
+    auto_backfill: bool = True
+    # Hours after which an hour counts as closed for reconciliation (late data has landed).
+    reconcile_delay_hours: int = 1
+
+
+@dataclass(frozen=True)
 class Pipeline:
     """Everything the platform knows about one pipeline."""
 
@@ -212,6 +224,7 @@ class Pipeline:
     trigger_interval_s: int = 5
     # `make up` asks the supervisor to run this job (desired state "running").
     autostart: bool = True
+    batch: BatchPolicy = field(default_factory=lambda: BatchPolicy())
 
     @property
     def job_name(self) -> str:
@@ -232,7 +245,13 @@ class PlatformNames:
     jobs_table: str
     heartbeats_table: str
     job_actions_table: str
+    reconciliation_runs_table: str
+    reconciliation_results_table: str
+    backfill_runs_table: str
+    compaction_reports_table: str
     migrations_table: str
+    # Published outbox rows are deleted by compaction after this many days.
+    outbox_retention_days: int = 7
 
 
 PLATFORM = PlatformNames(
@@ -243,6 +262,10 @@ PLATFORM = PlatformNames(
     jobs_table="streaming_jobs",
     heartbeats_table="job_heartbeats",
     job_actions_table="streaming_job_actions",
+    reconciliation_runs_table="reconciliation_runs",
+    reconciliation_results_table="reconciliation_results",
+    backfill_runs_table="backfill_runs",
+    compaction_reports_table="compaction_reports",
     migrations_table="_yoyo_migration",
 )
 
