@@ -15,13 +15,13 @@ from pathlib import Path
 
 from tributary.airflow_api import AirflowApi
 from tributary.airflow_env import admin_password, passwords_file
-from tributary.catalog import PIPELINES, PLATFORM, USER_EVENTS, Pipeline
+from tributary.catalog import PIPELINES, PLATFORM, USER_EVENTS, Pipeline, get_pipeline
 from tributary.clients import pg_connect
+from tributary.drivers import stop_driver
 from tributary.registry import JobRegistry
 from tributary.settings import REPO_ROOT, Settings
 from tributary.stack.component import ComponentStatus, State
 from tributary.stack.errors import StackError
-from tributary.stack.processes import PidRecord, read_proc_stat, stop
 
 BOOTSTRAP_DAG = "tributary_bootstrap"
 SUPERVISOR_DAG = "tributary_streaming_supervisor"
@@ -151,7 +151,7 @@ def reset_stream_state(settings: Settings, progress: Progress) -> None:
 
 
 def stop_jobs(settings: Settings, progress: Progress | None, grace_s: float = 60.0) -> None:
-    """SIGTERM every local driver the registry knows, SIGKILL after `grace_s`; desired state kept."""
+    """Stop every local driver the registry knows (SIGKILL after `grace_s`); desired states are kept."""
     try:
         conn = pg_connect(settings.pg_url, application_name="tributary-down", connect_timeout=5)
     except Exception as error:  # noqa: BLE001 - no database: no registry, nothing of ours to stop
@@ -170,20 +170,8 @@ def stop_jobs(settings: Settings, progress: Progress | None, grace_s: float = 60
             assert record.pid is not None
             if progress:
                 progress(f"jobs: stopping {record.job_name} (pid {record.pid}) ...")
-            driver = _driver_record(record.pid)
-            if driver is not None:
-                stop(driver, timeout=grace_s)
+            main_file = str(REPO_ROOT.joinpath(*get_pipeline(record.job_name).job_module.split("."), "job.py"))
+            # SIGTERM to the Python driver (it stops its queries between batches), SIGKILL after.
+            stop_driver(record.pid, main_file, grace_s)
             registry.record_exit(record.job_name, "stopped")
             registry.log(record.job_name, "stop", "tributary down")
-
-
-def _driver_record(pid: int) -> PidRecord | None:
-    """The driver's process group if `pid` still is a spark-submit session leader (no reused PID)."""
-    stat = read_proc_stat(pid)
-    if stat is None or stat.pgrp != pid:
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return PidRecord(pid, stat.start_ticks) if b"spark" in cmdline else None

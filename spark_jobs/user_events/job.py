@@ -378,9 +378,7 @@ class UserEventsJob:
                     break
                 time.sleep(1.0 if self.options.available_now else self.options.desired_state_poll_s)
         finally:
-            for q in queries:
-                if q.isActive:
-                    q.stop()
+            self._stop_at_batch_boundary(queries)
             self.spark.streams.removeListener(listener)
             self.outbox.close()
             self.pg.close()
@@ -389,6 +387,16 @@ class UserEventsJob:
             log.error("%s: query %s failed: %s", self.name, name, error)
         self._report_state("; ".join(f"query {name} failed: {error}" for name, error in errors) or None)
         return 1 if errors else 0
+
+    @staticmethod
+    def _stop_at_batch_boundary(queries: list[StreamingQuery], timeout_s: float = 60.0) -> None:
+        """Stop each query between micro-batches (stop() would interrupt a running foreachBatch)."""
+        deadline = time.monotonic() + timeout_s
+        for q in queries:
+            while q.isActive and q.status.get("isTriggerActive") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if q.isActive:
+                q.stop()
 
     def _report_state(self, error: str | None, running: bool = False) -> None:
         """Tells the registry (and so the supervisor and the jobs page) what the job is doing."""

@@ -150,8 +150,8 @@ def test_a_conf_that_is_not_an_object_is_refused(spark_connection: ConnectionFac
     ],
 )
 def test_backend_for_picks_by_the_master(master: str, backend: type) -> None:
-    target = SparkTarget(master=master, container_image="img")
-    assert type(backend_for(target)) is backend
+    # From the master alone, as the hook does for a submission made under an older connection.
+    assert type(backend_for(SparkTarget.from_master(master))) is backend
 
 
 @pytest.mark.parametrize("master", ["yarn", "mesos://h:5050", "spark-master:7077", "local[two]"])
@@ -172,7 +172,7 @@ def test_modes_a_backend_cannot_run_are_refused_with_the_fix() -> None:
     with pytest.raises(ValueError, match="runs the driver here, in client mode"):
         LocalBackend(SparkTarget(master="local[2]", deploy_mode="cluster"))
     with pytest.raises(ValueError, match=re.escape(f"set extra.container_image on the {SPARK_CONN_ID} connection")):
-        KubernetesBackend(SparkTarget(master=K8S_MASTER))
+        KubernetesBackend(SparkTarget(master=K8S_MASTER)).submit_argv(USER_EVENTS)
     with pytest.raises(ValueError, match=re.escape("use extra.namespace and extra.container_image")):
         KubernetesBackend(
             SparkTarget(master=K8S_MASTER, container_image="img", conf={"spark.kubernetes.namespace": "x"})
@@ -341,8 +341,15 @@ def test_kubernetes_status_and_kill_argv_are_exact() -> None:
         "--conf",
         token,
     ]
-    # The namespace the pod was submitted to counts, not the connection's current one.
-    assert backend.status_argv(k8s_submission("batch"))[2] == f"batch:{POD}"
+    # The namespace the pod was submitted to counts, not the connection's current one, and the
+    # image is not needed to follow a submission.
+    assert KubernetesBackend(SparkTarget.from_master(K8S_MASTER)).status_argv(k8s_submission("batch")) == [
+        SPARK_SUBMIT,
+        "--status",
+        f"batch:{POD}",
+        "--master",
+        K8S_MASTER,
+    ]
 
 
 @pytest.mark.parametrize(
