@@ -13,6 +13,7 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: system-deps $(STAMP) ## Install system checks, .venv and all Python dependencies (idempotent)
+	@scripts/install_js.sh
 
 system-deps:
 	@scripts/system_deps.sh

@@ -148,7 +148,8 @@ class Page:
 
     def __init__(self, ws_url: str, timeout: float = 30.0) -> None:
         self.timeout = timeout
-        self._ws: ClientConnection = connect(ws_url, max_size=None, proxy=None, open_timeout=10)
+        # Entered by hand: the connection lives as long as the Page (websockets 17 warns otherwise).
+        self._ws: ClientConnection = connect(ws_url, max_size=None, proxy=None, open_timeout=10).__enter__()
         self._ids = itertools.count(1)
         self._events: deque[dict[str, Any]] = deque(maxlen=2000)
         self.exceptions: list[str] = []  # uncaught JavaScript exceptions of the page, in order

@@ -37,12 +37,20 @@ from pyspark.sql.streaming import StreamingQuery
 from spark_jobs.heartbeats import UPSERT_VIOLATIONS, HeartbeatListener
 from spark_jobs.session import build_session
 from spark_jobs.sinks.copy_lines import copy_line, copy_payload, csv_line
-from spark_jobs.sinks.elasticsearch import ElasticsearchSink, bulk_line
+from spark_jobs.sinks.elasticsearch import ElasticsearchSink
 from spark_jobs.sinks.outbox import OUTBOX, OutboxPublisher
 from spark_jobs.sinks.partition_writer import DAY, RESULT_DDL, VIOLATIONS, RawBatchWrite, merge_results
 from spark_jobs.sinks.postgres import MergeTarget, PostgresSink
 from spark_jobs.sources.kafka import read_kafka_stream
 from spark_jobs.user_events import transforms as T
+from spark_jobs.user_events.writers import (
+    ANOMALY_COLUMNS,
+    SUMMARY_COLUMNS,
+    WINDOW_KEY,
+    anomaly_lines,
+    event_document,
+    summary_line,
+)
 from tributary.catalog import PLATFORM, USER_EVENTS, Pipeline, PlatformNames, Window
 from tributary.clients import es_client, jdbc_url, kafka_config, pg_connect
 from tributary.registry import JobRegistry
@@ -53,29 +61,6 @@ log = logging.getLogger("tributary.user_events")
 DLQ_PAYLOAD_BYTES = 65_536
 RAW_KEY = ("topic", "kafka_partition", "kafka_offset", "event_ts")
 DEAD_COLUMNS = ("topic", "kafka_partition", "kafka_offset", "pipeline", "kafka_timestamp", "payload", "reasons")
-SUMMARY_COLUMNS = (
-    "user_id",
-    "window_start",
-    "window_seconds",
-    "event_count",
-    "distinct_products",
-    "action_counts",
-    "first_event_ts",
-    "last_event_ts",
-)
-ANOMALY_COLUMNS = (
-    "user_id",
-    "window_start",
-    "window_seconds",
-    "event_count",
-    "zscore",
-    "rule",
-    "severity",
-    "user_name",
-    "region",
-)
-# The events index maps every raw column but the broker timestamp (its template is strict).
-ES_EVENT_FIELDS = tuple(c for c in T.EVENT_COLUMNS if c != "kafka_timestamp")
 
 
 @dataclass(frozen=True)
@@ -147,12 +132,8 @@ class UserEventsJob:
         self.dead = MergeTarget(
             platform.dead_letters_table, DEAD_COLUMNS, key=("topic", "kafka_partition", "kafka_offset")
         )
-        self.summary = MergeTarget(
-            pipeline.tables.summary, SUMMARY_COLUMNS, key=("user_id", "window_start", "window_seconds"), update=True
-        )
-        self.anomalies = MergeTarget(
-            pipeline.tables.anomalies, ANOMALY_COLUMNS, key=("user_id", "window_start", "window_seconds")
-        )
+        self.summary = MergeTarget(pipeline.tables.summary, SUMMARY_COLUMNS, key=WINDOW_KEY, update=True)
+        self.anomalies = MergeTarget(pipeline.tables.anomalies, ANOMALY_COLUMNS, key=WINDOW_KEY)
         self.pg = PostgresSink(settings.pg_url, application_name=f"tributary-{self.name}")
         self.es = ElasticsearchSink(es_client(settings)) if self.options.es_enabled else None
         self.outbox = OutboxPublisher(self.pg, kafka_config(settings))
@@ -245,14 +226,7 @@ class UserEventsJob:
         )
         good = [F.struct(F.lit("raw").alias("kind"), copy_line(staged.schema, self.raw.columns).alias("line"))]
         if self.es is not None:
-            fields: list[str | Column] = [*ES_EVENT_FIELDS, F.current_timestamp().alias("ingested_at")]
-            es_line = bulk_line(
-                self.events_index,
-                F.concat_ws("-", "topic", "kafka_partition", "kafka_offset"),
-                F.col("event_ts"),
-                fields,
-            )
-            good.append(F.struct(F.lit("es").alias("kind"), es_line.alias("line")))
+            good.append(F.struct(F.lit("es").alias("kind"), event_document(self.events_index).alias("line")))
         bad = [
             F.struct(F.lit("dead").alias("kind"), copy_line(staged.schema, self.dead.columns).alias("line")),
             F.struct(F.lit("outbox").alias("kind"), outbox.alias("line")),
@@ -295,7 +269,7 @@ class UserEventsJob:
         try:
             anomalies = T.score_anomalies(T.enrich_with_users(windows, self.users.current()), self.rules)
             lines = windows.select(
-                F.lit("summary").alias("kind"), copy_line(windows.schema, self.summary.columns).alias("line")
+                F.lit("summary").alias("kind"), summary_line(windows.schema).alias("line")
             ).unionByName(anomalies.select(F.inline(F.array(*self._anomaly_lines(anomalies)))))
             table = lines.toArrow()
         finally:
@@ -319,35 +293,8 @@ class UserEventsJob:
         )
 
     def _anomaly_lines(self, anomalies: DataFrame) -> list[Column]:
-        key = F.concat_ws(":", F.col("user_id"), F.unix_timestamp("window_start"), F.col("window_seconds"))
-        alert = F.to_json(
-            F.struct(
-                F.lit("anomaly").alias("type"),
-                F.lit(self.name).alias("pipeline"),
-                *ANOMALY_COLUMNS,
-            )
-        )
-        lines = [
-            F.struct(F.lit("anomaly").alias("kind"), copy_line(anomalies.schema, self.anomalies.columns).alias("line")),
-            F.struct(
-                F.lit("alert").alias("kind"),
-                csv_line(
-                    F.concat(F.lit("alert:"), key),
-                    F.lit(self.platform.alerts_topic.name),
-                    F.col("user_id").cast("string"),
-                    alert,
-                ).alias("line"),
-            ),
-        ]
-        if self.es is not None:
-            doc = bulk_line(
-                self.anomalies_index,
-                key,
-                F.col("window_start"),
-                [*ANOMALY_COLUMNS, F.current_timestamp().alias("detected_at")],
-            )
-            lines.append(F.struct(F.lit("es").alias("kind"), doc.alias("line")))
-        return lines
+        index = self.anomalies_index if self.es is not None else None
+        return anomaly_lines(anomalies, self.name, self.platform.alerts_topic.name, index)
 
     # ---------------------------------------------------------------- running
     def desired_state(self) -> str | None:

@@ -1,0 +1,2 @@
+DROP INDEX IF EXISTS user_events_event_ts_brin;
+DROP TABLE IF EXISTS backfill_runs;
