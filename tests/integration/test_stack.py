@@ -109,6 +109,7 @@ def stack_env(tmp_path: Path, pg_server_url: str) -> Iterator[dict[str, str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_up_is_healthy_idempotent_and_down_stops_everything(stack_env: dict[str, str]) -> None:
     state_dir = Path(stack_env["TRIBUTARY_STATE_DIR"])
     airflow_url = f"http://127.0.0.1:{stack_env['TRIBUTARY_AIRFLOW_PORT']}"

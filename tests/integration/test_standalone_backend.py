@@ -77,6 +77,7 @@ def wait_for(predicate: Callable[[], bool], what: str, submission: Submission, t
         time.sleep(1.0)
 
 
+@pytest.mark.timeout(900)
 def test_user_events_stream_through_a_standalone_cluster_and_stop_on_kill(
     private_settings: Settings, cluster: StandaloneCluster, tmp_path: Path
 ) -> None:

@@ -54,6 +54,7 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, setting
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}; registry: {record}\nlog tail:\n{tail}")
 
 
+@pytest.mark.timeout(900)
 def test_supervisor_dag_starts_the_job_and_restarts_a_killed_driver_exactly_once(
     private_settings: Settings,  # noqa: F811 - the imported fixture
 ) -> None:
