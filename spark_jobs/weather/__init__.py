@@ -1,0 +1,1 @@
+"""The weather pipeline: station readings -> raw store, hourly averages, late-readings accounting."""
