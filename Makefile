@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: system-deps $(STAMP) ## Install system checks, .venv and all Python dependencies (idempotent)
+setup: system-deps $(STAMP) ## Install system packages, .venv with the Python dependencies, and ECharts from npm (idempotent)
 	@scripts/install_js.sh
 
 system-deps:

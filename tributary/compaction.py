@@ -8,7 +8,7 @@ This module holds everything of that which needs no Spark:
 
     with pg_connect(settings.pg_url) as conn:
         for part in partitions_to_compact(conn, today=date.today()):
-            with PartitionGuard(settings.pg_url, part) as guard:   # writes to the day wait from here
+            with PartitionGuard(settings.pg_url, part) as guard:   # writers to the day wait from here
                 before = guard.checksum()                          # ... export and verify in Spark ...
                 guard.drop(expected=before)                        # detach + drop, same transaction
 
@@ -28,10 +28,13 @@ Floating-point and numeric columns only contribute their non-null counts.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
@@ -41,6 +44,7 @@ from psycopg import sql
 
 from tributary.catalog import PIPELINES, PLATFORM, Index, Pipeline
 from tributary.clients import pg_connect
+from tributary.settings import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,9 @@ _INDEX_DAY = re.compile(r"-(\d{4})\.(\d{2})\.(\d{2})$")
 # How long the drop waits for its locks before giving up (the streaming writers hold the parent
 # table's lock for one short transaction at a time); a timeout keeps the partition for next time.
 LOCK_TIMEOUT = "60s"
+
+# The driver script spark-submit runs (the DAG's `compact` task).
+COMPACT_JOB = REPO_ROOT / "spark_jobs" / "batch" / "compact.py"
 
 MetricKind = Literal["count", "sum", "epoch_micros", "epoch_days", "utf8_bytes", "bytes", "true_count"]
 Checksum = dict[str, int]
@@ -154,11 +161,9 @@ def normalize_checksum(names: Iterable[str], values: Iterable[Any]) -> Checksum:
 
 def checksum_mismatches(expected: Mapping[str, int], actual: Mapping[str, int]) -> dict[str, list[int | None]]:
     """Metric -> [expected, actual] for every metric that differs (missing ones included)."""
-    return {
-        name: [expected.get(name), actual.get(name)]
-        for name in sorted(set(expected) | set(actual))
-        if expected.get(name) != actual.get(name)
-    }
+    # In the checksum's own order (rows first), so the telling differences come first.
+    names = [*expected, *(n for n in actual if n not in expected)]
+    return {name: [expected.get(name), actual.get(name)] for name in names if expected.get(name) != actual.get(name)}
 
 
 def checksum_spec(conn: psycopg.Connection[Any], table: str) -> ChecksumSpec:
@@ -286,10 +291,12 @@ class PartitionChangedError(RuntimeError):
 
 
 class PartitionGuard:
-    """A transaction that holds a SHARE lock on one partition from its checksum to its drop.
+    """A transaction that locks one partition from its checksum to its drop.
 
-    SHARE lets readers (Spark's JDBC export) in and keeps writers out, so the rows that are
-    checksummed, exported and verified are exactly the rows that are dropped. A late writer to
+    SHARE ROW EXCLUSIVE lets readers (Spark's JDBC export) in and keeps writers out, so the rows
+    that are checksummed, exported and verified are exactly the rows that are dropped; it also
+    conflicts with itself, so a second compaction run waits instead of exporting the day twice
+    (and then fails on that partition: it is gone). A late writer to
     that day waits; once the partition is gone its insert fails and the streaming job's retry
     re-creates the day (`ensure_day_partition`), which the next compaction archives as a new batch.
     Leaving the block without `drop()` rolls back: the partition stays as it was.
@@ -307,7 +314,9 @@ class PartitionGuard:
         conn = pg_connect(self.pg_url, application_name="tributary-compaction")
         try:
             conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(self.lock_timeout)))
-            conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(self.partition.name)))
+            conn.execute(
+                sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(sql.Identifier(self.partition.name))
+            )
         except psycopg.errors.LockNotAvailable as exc:
             conn.close()
             raise RuntimeError(
@@ -501,3 +510,22 @@ def delete_indices(es: Elasticsearch, indices: Iterable[ExpiredIndex]) -> list[s
         log.info("deleted index %s (%s, %d docs, day %s)", expired.index, expired.family, expired.docs, expired.day)
         deleted.append(expired.index)
     return deleted
+
+
+# ---------------------------------------------------------------------------------- submission
+
+
+def compact_job_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Variables spark-submit needs to run COMPACT_JOB with this installation's Python.
+
+    `spark-submit` itself is found on PATH (Airflow's Spark provider accepts no path), so this
+    interpreter's bin directory goes first; the driver and its Python workers run this
+    interpreter and import the repository's packages.
+    """
+    env = os.environ if base is None else base
+    bin_dir = str(Path(sys.executable).parent)
+    return {
+        "PATH": os.pathsep.join(filter(None, [bin_dir, env.get("PATH", "")])),
+        "PYSPARK_PYTHON": env.get("PYSPARK_PYTHON") or sys.executable,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")])),
+    }

@@ -33,6 +33,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from tributary.catalog import PLATFORM
+from tributary.clients import pg_connect
 from tributary.settings import REPO_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,14 @@ UI_STATIC_DIR = REPO_ROOT / "plugins" / "tributary_airflow" / "ui" / "static"
 ECHARTS_FILE = UI_STATIC_DIR / "vendor" / "echarts.min.js"
 REPORT_SCRIPT = UI_STATIC_DIR / "compaction-report.js"
 STYLESHEETS = (UI_STATIC_DIR / "tributary.css", UI_STATIC_DIR / "compaction-report.css")
+# Where the Airflow plugin serves the reports (tributary_airflow.ui.reports_page): `<path>/<id>`.
+REPORTS_URL_PATH = "/tributary/reports"
 
 PartitionAction = Literal["archived", "kept", "would_archive"]
 Verification = Literal["passed", "failed", "skipped"]
 RunState = Literal["running", "succeeded", "failed"]
+# Differing checksum metrics listed on the page per partition (the JSON has them all).
+MISMATCHES_SHOWN = 4
 
 
 @dataclass
@@ -246,8 +251,8 @@ _CHARTS = """  <figure>
   </figure>"""
 
 _PARTITION_COLUMNS = (
-    ("Table", None),
-    ("Day", None),
+    ("Table", "nowrap"),
+    ("Day", "nowrap"),
     ("Action", None),
     ("Verification", None),
     ("Rows before", "num"),
@@ -287,7 +292,10 @@ def _partition_row(p: PartitionResult) -> list[object]:
     if p.export_uri:
         details.append(f'<span class="mono">{_e(p.export_uri)}</span>')
     if p.mismatches:
-        details.append("mismatch: " + _e(", ".join(f"{k} {v[0]} ≠ {v[1]}" for k, v in p.mismatches.items())))
+        shown = list(p.mismatches.items())[:MISMATCHES_SHOWN]
+        more = len(p.mismatches) - len(shown)
+        text = ", ".join(f"{k} {v[0]} ≠ {v[1]}" for k, v in shown) + (f" and {more} more" if more > 0 else "")
+        details.append("mismatch: " + _e(text))
     if p.error:
         details.append(f'<span class="error-text">{_e(p.error)}</span>')
     verification_class = {"passed": "running", "failed": "failed", "skipped": "stopped"}[p.verification]
@@ -331,7 +339,7 @@ def render_html(
         "No raw day partition was older than its pipeline's hot retention.",
     )
     indices = _table(
-        (("Index", None), ("Family", None), ("Day", None), ("Retention", "num"), ("Docs", "num"), ("Size", "num")),
+        (("Index", None), ("Family", None), ("Day", "nowrap"), ("Retention", "num"), ("Docs", "num"), ("Size", "num")),
         [
             [
                 f'<span class="mono">{_e(i["index"])}</span>',
@@ -534,3 +542,32 @@ def latest_report_for_run(conn: psycopg.Connection[Any], run_id: str) -> Compact
     if row is None or row[0] is None:
         return None
     return load_report(conn, int(row[0]))
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a compaction run ended, in one message that links to its report."""
+
+    ok: bool
+    message: str
+
+
+def run_outcome(pg_url: str, run_id: str, airflow_url: str) -> RunOutcome:
+    """The outcome of run `run_id` from its newest report (the DAG's last task logs it)."""
+    with pg_connect(pg_url, application_name="tributary-compaction") as conn:
+        report = latest_report_for_run(conn, run_id)
+    if report is None:
+        return RunOutcome(
+            False,
+            f"run {run_id} left no compaction report: the compact task failed before the job started "
+            "(spark-submit missing, the Spark master unreachable, or migrations not applied); see its log",
+        )
+    link = f"{airflow_url.rstrip('/')}{REPORTS_URL_PATH}/{report.id}"
+    lines = [f"{report.summary()} (report #{report.id}: {link})"]
+    if report.state == "running":
+        lines.append("the report is still `running`: the driver died before it finished; see the compact task's log")
+    for p in report.partitions:
+        if p.verification == "failed":
+            lines.append(f"{p.partition}: verification failed, partition kept: {p.error}")
+    lines += report.errors
+    return RunOutcome(report.state == "succeeded", "\n".join(lines))

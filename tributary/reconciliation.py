@@ -327,10 +327,12 @@ def partition_coverage(
     }
     problems = []
     if missing:
-        problems.append(f"{_plural(missing, 'offset')} consumed but not stored: {format_ranges(gaps)}")
+        problems.append(f"{_plural(missing, 'offset')} consumed but not stored, offsets {format_ranges(gaps)}")
     if duplicates:
-        problems.append(f"{_plural(duplicates, 'offset')} stored twice (raw and dead letter): {format_ranges(surplus)}")
-    stored_text = f"{stored} of {expected} positions stored ({raw_rows} raw, {dead_rows} dead letters)"
+        problems.append(
+            f"{_plural(duplicates, 'offset')} stored twice (raw and dead letter), offsets {format_ranges(surplus)}"
+        )
+    stored_text = f"{stored} of {expected} positions stored: {raw_rows} raw rows, {dead_rows} dead letters"
     if committed_end is None:
         stored_text += "; no committed end offset recorded, so offsets after the last stored one are not checked"
     if problems:
@@ -338,7 +340,7 @@ def partition_coverage(
             KAFKA_RAW,
             f"{topic}/{partition}",
             "mismatch",
-            "; ".join(problems) + f" ({stored_text})",
+            "; ".join([*problems, stored_text]),
             expected,
             stored,
             detail,

@@ -4,8 +4,8 @@
     python -m spark_jobs.batch.compact --help
 
 For every pipeline whose raw table exists, each day partition older than the pipeline's hot
-retention (`Pipeline.batch.hot_retention_days`) is, under a SHARE lock that keeps writers out
-(`tributary.compaction.PartitionGuard`):
+retention (`Pipeline.batch.hot_retention_days`) is, under a lock that keeps writers out and lets
+readers in (`tributary.compaction.PartitionGuard`):
 
 1. checksummed in PostgreSQL (see `tributary.compaction` for what the checksum is);
 2. read over JDBC and written as Parquet to a staging directory of the lake;
@@ -46,11 +46,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+import psycopg
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_jobs.batch.raw_reader import FETCH_SIZE, time_predicates
 from spark_jobs.session import build_session
+from tributary.catalog import PLATFORM
 from tributary.clients import es_client, jdbc_url, pg_connect
 from tributary.compaction import (
     Checksum,
@@ -315,11 +317,19 @@ def compact_partition(
         if result.mismatches:
             if write:
                 lake.delete(staging)
-            result.error = (
-                f"the export of {partition.name} does not match it ({len(result.mismatches)} metric(s) differ); "
-                "the partition is kept and the staging files deleted; look for lost writes in the lake "
-                "(storage errors, a concurrent cleanup), then rerun"
-            )
+            if earlier and not write:
+                # Every source position is archived already, with other values: a human decides.
+                result.error = (
+                    f"{partition.name} holds the same source positions as the batches archived before "
+                    f"({', '.join(earlier)}) but other values ({len(result.mismatches)} metric(s) differ); the "
+                    "partition is kept: compare both, then delete the partition or the stale batch and rerun"
+                )
+            else:
+                result.error = (
+                    f"the export of {partition.name} does not match it ({len(result.mismatches)} metric(s) differ); "
+                    "the partition is kept and the staging files deleted; look for lost writes in the lake "
+                    "(storage errors, a concurrent cleanup), then rerun"
+                )
             result.lake_rows = earlier_rows
             result.duration_s = time.monotonic() - started
             log.error("%s: verification failed: %s", partition.name, result.mismatches)
@@ -356,8 +366,14 @@ def run_compaction(spark: SparkSession, settings: Settings, options: CompactionO
     report = CompactionReport.start(
         run_id=options.run_id, dry_run=options.dry_run, today=options.today, lake_uri=settings.lake_uri
     )
-    with pg_connect(settings.pg_url, autocommit=True, application_name="tributary-compaction") as conn:
-        insert_report(conn, report)
+    try:
+        with pg_connect(settings.pg_url, autocommit=True, application_name="tributary-compaction") as conn:
+            insert_report(conn, report)
+    except psycopg.errors.UndefinedTable as exc:
+        raise RuntimeError(
+            f"cannot record the compaction report ({exc.diag.message_primary}); apply the migrations "
+            "(`tributary migrate` or the tributary_bootstrap DAG), then rerun"
+        ) from exc
     log.info(
         "compaction report #%s, run %s, today %s, dry run %s", report.id, report.run_id, report.today, report.dry_run
     )
@@ -419,8 +435,6 @@ def _expire_outbox(settings: Settings, options: CompactionOptions, report: Compa
         cleanup = expire_outbox(conn, datetime.now(UTC), dry_run=options.dry_run)
     report.outbox = cleanup.to_json()
     if cleanup.deleted and cleanup.rows:
-        from tributary.catalog import PLATFORM
-
         report.vacuumed.extend(vacuum_analyze(settings.pg_url, [PLATFORM.outbox_table]))
 
 

@@ -5,7 +5,7 @@
 
 Every closed hour of the range (or, without a range, the hours after the last one checked up to
 the latest closed hour) becomes one row of `reconciliation_runs` with its results; each hour's
-readable summary is printed. Exit status: 0 when everything agrees, 1 on a mismatch, 2 when a
+readable summary is printed. Exit status: 0 when everything agrees, 1 on a mismatch, 3 when a
 check could not run (the run's state is `error` and its summary says why). The checks are
 described in `tributary/reconciliation.py` and `spark_jobs/batch/reconcile_summaries.py`.
 """
@@ -46,7 +46,8 @@ from tributary.settings import Settings, load_settings
 
 log = logging.getLogger("tributary.reconcile")
 
-EXIT_PASSED, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
+# 2 is argparse's status for a bad command line, so a check that could not run is 3.
+EXIT_PASSED, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 3
 
 
 @dataclass
@@ -129,12 +130,12 @@ class Reconciler:
             platform=self.platform,
         )
         results.append(check_raw_es(conn, self.es, pipeline, start, end, now=now))
-        results.extend(check_summaries(self.spark, self.settings, pipeline, start, end))
+        results.extend(check_summaries(lambda: self.spark, self.settings, pipeline, start, end))
         return results
 
 
 def exit_status(reports: Sequence[HourReport]) -> int:
-    """2 if any hour could not be checked, else 1 if any mismatched, else 0."""
+    """3 if any hour could not be checked, else 1 if any mismatched, else 0."""
     states = {r.state for r in reports}
     if "error" in states:
         return EXIT_ERROR
@@ -184,7 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Under spark-submit the master comes from its command line; run directly, from the settings.
     master = args.master or (None if "PYSPARK_GATEWAY_PORT" in os.environ else settings.spark_master)
     reconciler = Reconciler(
-        settings, lambda: build_session("tributary-reconcile", master), requested_by=args.requested_by
+        settings,
+        # WARN: the job's output is the summaries (and, under Airflow, the task log), not Spark's INFO lines.
+        lambda: build_session("tributary-reconcile", master, extra_conf={"spark.log.level": "WARN"}),
+        requested_by=args.requested_by,
     )
     reports: list[HourReport] = []
     try:

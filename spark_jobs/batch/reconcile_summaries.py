@@ -146,7 +146,7 @@ def check_window(
     first = _from_micros(stats["first_start"])
     last_end = _from_micros(stats["last_start"]) + timedelta(seconds=window.duration_s)
     message = (
-        f"{bad} of {max(recomputed, stored)} windows differ "
+        f"{bad} of {max(recomputed, stored)} windows {'differs' if bad == 1 else 'differ'} "
         f"({counts['differs']} with other values, {counts['missing']} not stored, {counts['surplus']} without raw "
         f"events): " + "; ".join(_window_text(w) for w in listed[:5]) + (" ..." if bad > 5 else "")
     )
@@ -207,7 +207,8 @@ def _listed_window(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _window_text(window: Mapping[str, Any]) -> str:
-    head = f"user {window['user_id']} window {window['window_start']} ({window['window_seconds']}s)"
+    start = datetime.fromisoformat(window["window_start"])
+    head = f"user {window['user_id']} window {start:%Y-%m-%d %H:%M:%S} ({window['window_seconds']}s)"
     if window["kind"] == "missing":
         return f"{head} not stored"
     if window["kind"] == "surplus":
@@ -241,10 +242,13 @@ SUMMARY_CHECKS: Mapping[str, SummaryCheck] = {"user_events": check_user_event_su
 
 
 def check_summaries(
-    spark: SparkSession, settings: Settings, pipeline: Pipeline, start: datetime, end: datetime
+    spark: Callable[[], SparkSession], settings: Settings, pipeline: Pipeline, start: datetime, end: datetime
 ) -> list[CheckResult]:
-    """raw_summaries results of one hour for any pipeline (skipped where no recomputation exists)."""
+    """raw_summaries results of one hour for any pipeline (skipped where no recomputation exists).
+
+    `spark` returns the session; it is only called (and a JVM started) when there is work for it.
+    """
     check = SUMMARY_CHECKS.get(pipeline.name)
     if check is None or pipeline.tables.summary is None:
         return [CheckResult(RAW_SUMMARIES, "all", "skipped", f"no recomputation of {pipeline.name} summaries yet")]
-    return check(spark, settings, pipeline, start, end)
+    return check(spark(), settings, pipeline, start, end)

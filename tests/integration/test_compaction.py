@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from pyspark.sql import SparkSession
 
@@ -46,11 +47,11 @@ def seed_day(pg_url: str, day: date, rows: int, *, first_offset: int = 0, duplic
         conn.execute(
             f"""INSERT INTO {RAW} (topic, kafka_partition, kafka_offset, kafka_timestamp, event_ts, user_id,
                                    product_id, action, device_id, device_type, location, user_segment, ip_address)
-                SELECT 'user_events', g % 3, %(first)s + g, %(start)s + g * interval '1 second',
-                       %(start)s + (g * 337 % 86400) * interval '1 second' + g * interval '1 microsecond',
-                       1 + g % 50, 100 + g % 7, (ARRAY['view','click','purchase'])[1 + g % 3],
-                       'dev-' || g, CASE WHEN g % 4 = 0 THEN NULL ELSE 'mobile' END, 'Zürich ' || g,
-                       'gold', ('10.0.' || (g % 250) || '.' || (g % 200 + 1))::inet
+                SELECT 'user_events', g %% 3, %(first)s + g, %(start)s + g * interval '1 second',
+                       %(start)s + (g * 337 %% 86400) * interval '1 second' + g * interval '1 microsecond',
+                       1 + g %% 50, 100 + g %% 7, (ARRAY['view','click','purchase'])[1 + g %% 3],
+                       'dev-' || g, CASE WHEN g %% 4 = 0 THEN NULL ELSE 'mobile' END, 'Zürich ' || g,
+                       'gold', ('10.0.' || (g %% 250) || '.' || (g %% 200 + 1))::inet
                 FROM generate_series(0, %(rows)s - 1) AS g""",
             {"first": first_offset, "start": datetime.combine(day, datetime.min.time(), tzinfo=UTC), "rows": rows},
         )
@@ -98,16 +99,8 @@ def by_day(report: CompactionReport) -> dict[str, Any]:
 
 
 @pytest.fixture
-def migrated(settings: Settings, tmp_path: Path) -> Settings:
-    import shutil  # TEMP-DEV: other engineers' 0004/0005 conflict right now
-
-    from tributary.migrations import MIGRATIONS_DIR
-
-    d = tmp_path / "migrations"
-    d.mkdir()
-    for f in MIGRATIONS_DIR.glob("000[1236]*.sql"):
-        shutil.copy(f, d / f.name)
-    apply_migrations(settings.pg_url, d)
+def migrated(settings: Settings) -> Settings:
+    apply_migrations(settings.pg_url)
     return settings
 
 
@@ -172,12 +165,16 @@ def test_an_export_that_outlived_its_partition_is_reverified_and_late_rows_becom
 ) -> None:
     settings = migrated
     seed_day(settings.pg_url, OLD_A, 80)
+    with pg_connect(settings.pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE saved_day AS SELECT * FROM {partition_name(OLD_A)}")
     first = compact(spark, settings, "test-export")
     assert by_day(first)[OLD_A.isoformat()].action == "archived"
     files = lake_files(settings)
 
     # The driver died between commit and drop: the same rows are still in PostgreSQL.
-    seed_day(settings.pg_url, OLD_A, 80)
+    with pg_connect(settings.pg_url, autocommit=True) as conn:
+        conn.execute("SELECT ensure_day_partition(%s, %s)", (RAW, OLD_A))
+        conn.execute(f"INSERT INTO {RAW} SELECT * FROM saved_day")
     again = by_day(compact(spark, settings, "test-reverify"))[OLD_A.isoformat()]
     assert (again.action, again.verification, again.reused_export) == ("archived", "passed", True)
     assert (again.files_written, again.rows_exported, again.lake_rows) == (0, 0, 80)
@@ -216,7 +213,8 @@ def test_a_failed_verification_keeps_the_partition_and_fails_the_run(spark: Spar
     assert report.state == "failed" and report.verification_failed
     failed, other = by_day(report)[OLD_A.isoformat()], by_day(report)[OLD_B.isoformat()]
     assert (failed.action, failed.verification, failed.rows_before, failed.rows_after) == ("kept", "failed", 300, 300)
-    assert failed.mismatches["rows"] == [300, 200] and failed.error
+    expected_rows, found_rows = failed.mismatches["rows"]
+    assert expected_rows == 300 and found_rows is not None and 0 < found_rows < 300 and failed.error
     assert partition_rows(settings.pg_url, OLD_A) == 300  # the data is still there
     assert not day_dir(settings, OLD_A).exists()  # nothing committed for that day
     assert not Path(corrupt_first[0]).exists()  # the bad staging export is gone
@@ -230,6 +228,37 @@ def test_a_failed_verification_keeps_the_partition_and_fails_the_run(spark: Spar
     retry = by_day(compact(spark, settings, "test-corrupt-retry"))[OLD_A.isoformat()]
     assert (retry.action, retry.lake_rows) == ("archived", 300)
     assert lake_rows(spark, settings, OLD_A) == 300
+
+
+def test_writers_to_the_day_wait_while_it_is_exported(spark: SparkSession, migrated: Settings) -> None:
+    settings = migrated
+    seed_day(settings.pg_url, OLD_A, 20)
+    blocked: list[str] = []
+
+    def write_meanwhile(staging: str) -> None:
+        with pg_connect(settings.pg_url, autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '300ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                conn.execute(
+                    f"INSERT INTO {RAW} (topic, kafka_partition, kafka_offset, event_ts, user_id, product_id, action) "
+                    "VALUES ('user_events', 0, 999999, %s, 1, 1, 'view')",
+                    (datetime.combine(OLD_A, datetime.min.time(), tzinfo=UTC) + timedelta(hours=1),),
+                )
+            # Readers are not held up.
+            row = conn.execute(f"SELECT count(*) FROM {partition_name(OLD_A)}").fetchone()
+            blocked.append(f"{row[0] if row else None} rows readable")
+
+    result = by_day(compact(spark, settings, "test-locked", after_export=write_meanwhile))[OLD_A.isoformat()]
+    assert blocked == ["20 rows readable"]
+    assert (result.action, result.lake_rows) == ("archived", 20)
+
+
+def test_an_empty_day_is_archived_too(spark: SparkSession, migrated: Settings) -> None:
+    settings = migrated
+    seed_day(settings.pg_url, OLD_A, 0)
+    result = by_day(compact(spark, settings, "test-empty"))[OLD_A.isoformat()]
+    assert (result.action, result.verification, result.rows_before, result.lake_rows) == ("archived", "passed", 0, 0)
+    assert not partition_exists(settings.pg_url, OLD_A)
 
 
 def test_dry_run_changes_nothing(spark: SparkSession, migrated: Settings) -> None:

@@ -151,9 +151,9 @@ def test_page_and_assets_for_a_signed_in_user(signed_in: TestClient) -> None:
 
 def test_plugin_mounts_the_page_and_adds_a_nav_entry() -> None:
     assert TributaryPlugin.name == "tributary"
-    assert TributaryPlugin.fastapi_apps == [{"app": app, "url_prefix": PREFIX, "name": "Tributary streaming jobs"}]
+    assert {"app": app, "url_prefix": PREFIX, "name": "Tributary streaming jobs"} in TributaryPlugin.fastapi_apps
     assert not PREFIX.startswith(tuple(RESERVED_URL_PREFIXES))
-    [view] = TributaryPlugin.external_views
+    [view] = [v for v in TributaryPlugin.external_views if v["url_route"] == "tributary-jobs"]
     parsed = ExternalViewResponse.model_validate(view)  # the shape Airflow's plugin API serves
     assert (parsed.name, parsed.href, parsed.destination, parsed.url_route) == (
         "Streaming jobs",
@@ -285,8 +285,8 @@ def check_rest_access(http: httpx.Client, airflow: RunningAirflow) -> None:
     plugins = http.get("/api/v2/plugins", headers=headers)
     assert plugins.status_code == 200, plugins.text
     [ours] = [p for p in plugins.json()["plugins"] if p["name"] == "tributary"]
-    assert [a["url_prefix"] for a in ours["fastapi_apps"]] == [PREFIX]
-    assert [v["url_route"] for v in ours["external_views"]] == ["tributary-jobs"]
+    assert PREFIX in [a["url_prefix"] for a in ours["fastapi_apps"]]
+    assert "tributary-jobs" in [v["url_route"] for v in ours["external_views"]]
     errors = http.get("/api/v2/plugins/importErrors", headers=headers)
     assert errors.status_code == 200, errors.text
     ours_failing = [

@@ -68,7 +68,7 @@ def test_a_fully_stored_partition_passes() -> None:
     assert result.outcome == "ok" and result.check == KAFKA_RAW and result.scope == "user_events/1"
     assert (result.expected, result.actual) == (10, 10)
     assert result.detail["gaps"] == [] and result.detail["missing"] == 0
-    assert result.message == "10 of 10 positions stored (9 raw, 1 dead letters)"
+    assert result.message == "10 of 10 positions stored: 9 raw rows, 1 dead letters"
 
 
 def test_a_gap_between_stored_offsets_is_reported_as_its_range() -> None:
@@ -77,7 +77,7 @@ def test_a_gap_between_stored_offsets_is_reported_as_its_range() -> None:
     assert result.mismatch
     assert result.detail["gaps"] == [[4, 5]] and result.detail["missing"] == 2
     assert (result.expected, result.actual) == (10, 8)
-    assert result.message.startswith("2 offsets consumed but not stored: 4-5")
+    assert result.message.startswith("2 offsets consumed but not stored, offsets 4-5; 8 of 10 positions stored")
 
 
 def test_a_gap_before_the_hours_first_offset_is_charged_to_this_hour() -> None:
@@ -114,7 +114,7 @@ def test_positions_stored_twice_are_surplus() -> None:
     hour = replace(CLEAN, raw_rows=10, dead_rows=2, surplus=((3, 4),))
     result = coverage(hour)
     assert result.mismatch and result.detail["surplus"] == [[3, 4]] and result.detail["duplicates"] == 2
-    assert "2 offsets stored twice (raw and dead letter): 3-4" in result.message
+    assert "2 offsets stored twice (raw and dead letter), offsets 3-4" in result.message
     assert (result.expected, result.actual) == (10, 12)
 
 
@@ -268,7 +268,8 @@ def test_the_summary_of_a_failed_hour_names_every_mismatch_and_what_can_be_repai
     assert report.state == "failed"
     assert report.summary().splitlines() == [
         "user_events 2026-11-23 10:00-11:00 UTC: FAILED, 2 mismatches",
-        "  MISMATCH kafka_raw user_events/1: 1 offset consumed but not stored: 4 (9 of 10 positions stored (8 raw, 1 dead letters))",
+        "  MISMATCH kafka_raw user_events/1: 1 offset consumed but not stored, offsets 4; "
+        "9 of 10 positions stored: 8 raw rows, 1 dead letters",
         "  MISMATCH raw_es 2026-11-23 10:00-11:00: Elasticsearch has 9 documents for 10 raw rows; missing: user_events-0-3",
         "  backfill needed: es 2026-11-23 10:03-10:04",
         "  Kafka offsets missing from raw cannot be rebuilt from raw: re-consume them from the topic while Kafka "
