@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from pyspark.sql.streaming import StreamingQueryListener
@@ -62,6 +63,7 @@ class HeartbeatListener(StreamingQueryListener):
         self._job_name = job_name
         self._sink = PostgresSink(pg_url, application_name=f"{job_name}-heartbeats")
         self._names: dict[str, str] = {}
+        self.terminated: set[str] = set()
 
     def onQueryStarted(self, event: Any) -> None:
         self._names[str(event.id)] = event.name or str(event.id)
@@ -105,6 +107,7 @@ class HeartbeatListener(StreamingQueryListener):
             log.exception("%s: idle heartbeat for %s not written", self._job_name, name)
 
     def onQueryTerminated(self, event: Any) -> None:
+        self.terminated.add(str(event.id))
         if event.exception:
             log.error("%s: query %s failed: %s", self._job_name, event.id, event.exception)
         else:
@@ -115,3 +118,14 @@ def _finite(value: float | None) -> float | None:
     if value is None or value != value or value in (float("inf"), float("-inf")):
         return None
     return float(value)
+
+
+def wait_until_reported(listener: HeartbeatListener, query_ids: list[str], timeout_s: float = 15.0) -> None:
+    """Until the listener has seen every query terminate (so their last progress is written).
+
+    The listener bus delivers events in order, after the query has stopped: removing the
+    listener at once can drop the last batch's heartbeat.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not set(query_ids) <= listener.terminated and time.monotonic() < deadline:
+        time.sleep(0.1)

@@ -22,9 +22,10 @@ One run checks one pipeline and one closed hour (UTC) and stores what it compare
 - **raw_summaries** (Spark, `spark_jobs/batch/reconcile_summaries.py`): windows recomputed from
   raw with the streaming job's own transformation versus the summary table.
 
-Costs: the Kafka check reads one hour of positions through BRIN indexes on the broker timestamp
-(migration 0004) plus one index probe per partition; the ES check is two counts per hour unless
-they differ.
+Costs: the Kafka check reads one hour of positions through a BRIN index on the broker timestamp
+(migration 0004) plus two index probes per partition (measured: 0.2 s for an hour of 36k positions
+in a 2.6M-row table over three day partitions); the ES check is two counts per hour unless they
+differ.
 
 Hours are only checked once *closed*: older than the catalog's `batch.reconcile_delay_hours` plus
 the largest window watermark. Hours whose raw partitions are past `batch.hot_retention_days`

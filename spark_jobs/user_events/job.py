@@ -34,7 +34,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
-from spark_jobs.heartbeats import UPSERT_VIOLATIONS, HeartbeatListener
+from spark_jobs.heartbeats import UPSERT_VIOLATIONS, HeartbeatListener, wait_until_reported
 from spark_jobs.session import build_session
 from spark_jobs.sinks.copy_lines import copy_line, copy_payload, csv_line
 from spark_jobs.sinks.elasticsearch import ElasticsearchSink
@@ -326,6 +326,7 @@ class UserEventsJob:
                 time.sleep(1.0 if self.options.available_now else self.options.desired_state_poll_s)
         finally:
             self._stop_at_batch_boundary(queries)
+            wait_until_reported(listener, [str(q.id) for q in queries])
             self.spark.streams.removeListener(listener)
             self.outbox.close()
             self.pg.close()
