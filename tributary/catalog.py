@@ -453,5 +453,9 @@ def all_tables() -> list[str]:
         PLATFORM.jobs_table,
         PLATFORM.heartbeats_table,
         PLATFORM.job_actions_table,
+        PLATFORM.reconciliation_runs_table,
+        PLATFORM.reconciliation_results_table,
+        PLATFORM.backfill_runs_table,
+        PLATFORM.compaction_reports_table,
     ]
     return shared + [t for p in PIPELINES.values() for t in p.tables.names()]
