@@ -86,6 +86,7 @@ def wait_for(predicate: Any, timeout_s: float, what: str, log: Path, driver: sub
     raise AssertionError(f"{ended}before {what} (waited up to {timeout_s:.0f}s); job log tail:\n{tail}")
 
 
+@pytest.mark.timeout(900)
 def test_sigkilled_driver_restarts_from_its_checkpoint_without_loss_or_duplicates(
     private_settings: Settings, tmp_path: Path
 ) -> None:
