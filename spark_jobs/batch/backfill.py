@@ -18,14 +18,15 @@ recomputed when it overlaps the range; the events it needs beyond the range are 
 `--dry-run` computes the same and reports per target what would be new or changed, writing
 nothing but its record in `backfill_runs`.
 
-Progress goes to the log after every chunk of the range (`backfill user_events: read 120,000 of
-300,000 rows (40%) ...`) and, on a terminal, to a progress bar. The last line on stdout is a JSON
+Progress goes to the log after every chunk of the range (`backfill user_events: read 120,000
+rows (40% of 300,000) ...`) and, on a terminal, to a progress bar. The last line on stdout is a JSON
 summary; the exit code is 0 on success, 1 when the backfill failed, 2 for invalid arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -45,8 +46,8 @@ from typing import Any, ClassVar, TextIO
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
+from elasticsearch import TransportError as EsTransportError
 from psycopg import sql
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -73,6 +74,11 @@ RESULT_KEY = "backfill"
 DEFAULT_ROWS_PER_CHUNK = 500_000
 # Raw rows per JDBC slice: slices are whole hours, but sparse hours are read several at a time.
 ROWS_PER_SLICE = 100_000
+# Session settings while a backfill runs (same results, other physical plans). The windows'
+# collect_set makes Spark pick an object hash aggregate, which falls back to sorting after 128
+# keys; on window rows nearly every key is new, and a sort aggregate from the start is twice as
+# fast (measured: 1-minute windows of 250k events, 10.8 s -> 5.5 s on local[2]).
+BATCH_CONF = {"spark.sql.execution.useObjectHashAggregateExec": "false"}
 
 _INSTANT = re.compile(INSTANT_PATTERN)
 
@@ -318,6 +324,11 @@ class BackfillReport:
 
 class BackfillInterrupted(Exception):
     """The backfill was asked to stop (SIGTERM, e.g. its Airflow task was stopped)."""
+
+
+# The signal that stopped this process, if one did: raised inside a call into the JVM, the
+# interruption reaches the backfill as whatever error that call then reports.
+_STOPPED_BY: list[int] = []
 
 
 class BackfillError(RuntimeError):
@@ -575,17 +586,23 @@ class BackfillWrite:
 
     def _documents(self, docs: pa.ChunkedArray) -> TargetCounts:
         es = es_client(self.settings)
-        if not self.dry_run:
-            result = ElasticsearchSink(es).write(self.label, docs)
-            return TargetCounts(new=result.created, unchanged=result.already_present)
-        ids = _document_ids(docs)
-        present = 0
-        for at in range(0, len(ids), 5_000):
-            batch = [{"_index": index, "_id": doc_id} for index, doc_id in ids[at : at + 5_000]]
-            response = es.mget(docs=batch, source=False)
-            # A missing daily index answers with an error item: its documents are missing too.
-            present += sum(1 for d in response["docs"] if d.get("found"))
-        return TargetCounts(new=len(ids) - present, unchanged=present)
+        try:
+            if not self.dry_run:
+                result = ElasticsearchSink(es).write(self.label, docs)
+                return TargetCounts(new=result.created, unchanged=result.already_present)
+            ids = _document_ids(docs)
+            present = 0
+            for at in range(0, len(ids), 5_000):
+                batch = [{"_index": index, "_id": doc_id} for index, doc_id in ids[at : at + 5_000]]
+                try:
+                    response = es.mget(docs=batch, source=False)
+                except EsTransportError as exc:
+                    raise SinkError(f"{self.label}: Elasticsearch mget failed: {exc}; check TRIBUTARY_ES_URL") from exc
+                # A missing daily index answers with an error item: its documents are missing too.
+                present += sum(1 for d in response["docs"] if d.get("found"))
+            return TargetCounts(new=len(ids) - present, unchanged=present)
+        finally:
+            es.close()
 
 
 # -------------------------------------------------------------------------------- pipelines
@@ -622,6 +639,10 @@ class PipelineBackfill(ABC):
     def document_kind(self, targets: Sequence[str]) -> str | None:
         """The kind of lines that are Elasticsearch bulk documents, when `es` is a target."""
         return ES if ES in targets else None
+
+    def close(self) -> None:
+        """Releases what the backfill cached in the session (nothing, unless a subclass caches)."""
+        return None
 
 
 class UserEventsBackfill(PipelineBackfill):
@@ -661,6 +682,11 @@ class UserEventsBackfill(PipelineBackfill):
             )
         return self._users
 
+    def close(self) -> None:
+        if self._users is not None:
+            self._users.unpersist()
+            self._users = None
+
     def write_targets(self, targets: Sequence[str]) -> tuple[WriteTarget, ...]:
         chosen: list[WriteTarget] = []
         # Alerts first: whether an anomaly was recorded before must be decided before this
@@ -683,7 +709,8 @@ class UserEventsBackfill(PipelineBackfill):
         targets = request.targets
         parts: list[DataFrame] = []
         if ES in targets:
-            own = events.where((F.col("event_ts") >= max(chunk.lo, request.start)) & (F.col("event_ts") < chunk.hi))
+            # Documents of the chunk's own events only: its read range reaches into its neighbours'.
+            own = events.where((F.col("event_ts") >= chunk.lo) & (F.col("event_ts") < chunk.hi))
             index = self.pipeline.indices["events"]
             parts.append(own.select(F.lit(ES).alias(KIND), W.event_document(index).alias(LINE)))
         scored = {ANOMALIES, ALERTS, ES} & set(targets)
@@ -948,8 +975,11 @@ def run_backfill(
     runs = BackfillRuns(settings.pg_url, platform.backfill_runs_table)
     report = BackfillReport(request)
     report.run_id = runs.start(request)
+    stack = contextlib.ExitStack()
     started = time.monotonic()
     try:
+        stack.enter_context(batch_conf(spark))
+        stack.callback(backfill.close)
         counts = hour_rows(settings, entry, request.start, request.end)
         chunks = plan_chunks(request.start, request.end, counts, rows_per_chunk, backfill.margin)
         report.rows_planned = sum(counts.values())
@@ -967,15 +997,33 @@ def run_backfill(
         if ALERTS in request.targets and not request.dry_run and report.targets[ALERTS].new:
             report.published = _publish_alerts(settings)
         report.state = "succeeded"
-    except Exception as error:  # recorded, then raised again for the caller
-        report.state, report.error = "failed", f"{error.__class__.__name__}: {error}"[:4000]
+    except (Exception, KeyboardInterrupt) as error:  # recorded, then raised again for the caller
+        stopped = f"stopped by signal {_STOPPED_BY[0]}; " if _STOPPED_BY else ""
+        report.state, report.error = "failed", f"{stopped}{error.__class__.__name__}: {error}"[:4000]
         log.error("backfill %s failed: %s", request.pipeline, report.error)
         raise BackfillError(report.error, report) from error
     finally:
+        stack.close()
         report.seconds = time.monotonic() - started
         progress.end()
         runs.update(report)
     return report
+
+
+@contextlib.contextmanager
+def batch_conf(spark: SparkSession) -> Iterator[None]:
+    """BATCH_CONF on the session while the backfill runs, the previous values restored after."""
+    previous: dict[str, str | None] = {key: spark.conf.get(key, None) for key in BATCH_CONF}
+    for key, value in BATCH_CONF.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, old in previous.items():
+            if old is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, old)
 
 
 def _run_chunk(
@@ -991,6 +1039,8 @@ def _run_chunk(
     group = f"tributary-backfill-{request.pipeline}-{chunk.number}"
     spark.sparkContext.setJobGroup(group, label)
     progress.chunk_started(chunk, group)
+    # Not cached: each window length reads the slices again, which costs less than caching them
+    # (measured), and the 1-minute windows' shuffle is reused by the summary and anomaly lines.
     events = read_raw_range(
         spark,
         settings,
@@ -999,20 +1049,17 @@ def _run_chunk(
         high,
         columns=backfill.read_columns(request.targets),
         hours_per_slice=chunk.hours_per_slice(),
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        tables = backfill.write_targets(request.targets)
-        write = BackfillWrite(
-            settings,
-            label,
-            tables,
-            backfill.document_kind(request.targets),
-            request.dry_run,
-            fresh=_fresh_targets(settings, tables, chunk.window_lo, chunk.hi),
-        )
-        rows = backfill.lines(events, chunk, request).mapInArrow(write, RESULT_DDL).collect()
-    finally:
-        events.unpersist()
+    )
+    tables = backfill.write_targets(request.targets)
+    write = BackfillWrite(
+        settings,
+        label,
+        tables,
+        backfill.document_kind(request.targets),
+        request.dry_run,
+        fresh=_fresh_targets(settings, tables, chunk.window_lo, chunk.hi),
+    )
+    rows = backfill.lines(events, chunk, request).mapInArrow(write, RESULT_DDL).collect()
     totals: dict[str, TargetCounts] = {}
     for row in rows:
         totals.setdefault(row["target"], TargetCounts()).add(TargetCounts(row["new"], row["changed"], row["unchanged"]))
@@ -1091,6 +1138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         # Raised in the main thread, so the run is recorded as failed before the driver exits.
+        _STOPPED_BY.append(signum)
         raise BackfillInterrupted(f"stopped by signal {signum}")
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -119,7 +119,8 @@ def test_backfill_reproduces_streaming_exactly_reruns_as_a_no_op_and_dry_runs_wr
         "DELETE FROM user_activity_summary WHERE (user_id, window_start, window_seconds) IN "
         "(SELECT user_id, window_start, window_seconds FROM user_activity_summary "
         " WHERE window_start < %s ORDER BY window_start DESC, user_id LIMIT 15)",
-        hour + timedelta(minutes=1),  # the last ones before the hour, their windows straddle the cut
+        # The last windows before the hour: the first chunk's, but their events reach into the second's.
+        hour,
     )
     assert deleted_summaries == 15
     assert execute(
