@@ -47,4 +47,8 @@ def spark() -> Iterator[SparkSession]:
     try:
         yield session
     finally:
+        # Stop the state-store maintenance task first: run after SparkEnv is gone, it logs a
+        # stack trace ("SparkEnv not active") after the test summary.
+        state_store = getattr(session._jvm.org.apache.spark.sql.execution.streaming.state, "StateStore$")  # type: ignore[union-attr]
+        getattr(state_store, "MODULE$").stop()
         session.stop()
