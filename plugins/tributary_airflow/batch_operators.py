@@ -38,6 +38,7 @@ from tributary.airflow_env import tributary_environment
 from tributary.catalog import Pipeline, get_pipeline
 from tributary.settings import PG_CONN_ID, REPO_ROOT, SPARK_CONN_ID, Settings, load_settings
 from tributary_airflow.backends import KubernetesBackend, SparkTarget, application_file, backend_for, redact_argv
+from tributary_airflow.hooks import pipeline_pg_url
 
 BACKFILL_SCRIPT = REPO_ROOT / "spark_jobs" / "batch" / "backfill.py"
 # How long a stopped task gives its driver to record the run as failed before killing it.
@@ -98,13 +99,7 @@ class SparkBatchHook(BaseHook):
         return spark_submit.job_environment({**os.environ, **env})
 
     def pg_url(self) -> str:
-        try:
-            from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-            return str(PostgresHook(postgres_conn_id=self.postgres_conn_id).get_uri())
-        except Exception as error:  # noqa: BLE001 - outside Airflow (CLI, tests) the settings decide
-            self.log.debug("no connection %s (%s); using TRIBUTARY_PG_URL", self.postgres_conn_id, error)
-            return self.settings.pg_url
+        return pipeline_pg_url(self.postgres_conn_id, self.settings)
 
     def run(self, argv: Sequence[str], env: Mapping[str, str], on_line: Callable[[str], None]) -> int:
         """Runs `argv` to its end, calling `on_line` with every line of its output; its exit code."""

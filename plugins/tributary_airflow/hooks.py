@@ -76,15 +76,7 @@ class StreamingJobHook(BaseHook):
         return self._backend or backend_for(self.target)
 
     def pg_url(self) -> str:
-        if self._pg_url is not None:
-            return self._pg_url
-        try:
-            from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-            return str(PostgresHook(postgres_conn_id=self.postgres_conn_id).get_uri())
-        except Exception as error:  # noqa: BLE001 - outside Airflow (CLI, tests) settings decide
-            log.debug("no Airflow connection %s (%s); using TRIBUTARY_PG_URL", self.postgres_conn_id, error)
-            return self.settings.pg_url
+        return self._pg_url if self._pg_url is not None else pipeline_pg_url(self.postgres_conn_id, self.settings)
 
     @contextmanager
     def registry(self) -> Iterator[JobRegistry]:
@@ -216,6 +208,17 @@ class StreamingJobHook(BaseHook):
             return ends
         finally:
             consumer.close()
+
+
+def pipeline_pg_url(postgres_conn_id: str, settings: Settings) -> str:
+    """The pipeline database: the Airflow connection `postgres_conn_id`, else TRIBUTARY_PG_URL."""
+    try:
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        return str(PostgresHook(postgres_conn_id=postgres_conn_id).get_uri())
+    except Exception as error:  # noqa: BLE001 - outside Airflow (CLI, tests) the settings decide
+        log.debug("no Airflow connection %s (%s); using TRIBUTARY_PG_URL", postgres_conn_id, error)
+        return settings.pg_url
 
 
 def log_tail(path: str | None, lines: int = 30) -> str:

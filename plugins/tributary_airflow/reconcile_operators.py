@@ -17,19 +17,15 @@ records which backfills exist and fails the DAG run on any mismatch, with the re
 from __future__ import annotations
 
 import collections
-import os
-import signal
-import subprocess
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from airflow.sdk import BaseHook, BaseOperator
+from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from spark_jobs import submit as spark_submit
 from spark_jobs.session import POSTGRES_JDBC_JAR
-from tributary.airflow_env import tributary_environment
 from tributary.catalog import get_pipeline
 from tributary.clients import pg_connect
 from tributary.reconciliation import (
@@ -39,57 +35,21 @@ from tributary.reconciliation import (
     backfill_requests,
     requested_by_airflow,
 )
-from tributary.settings import PG_CONN_ID, REPO_ROOT, SPARK_CONN_ID, Settings, load_settings
-from tributary_airflow.backends import KubernetesBackend, SparkTarget, StandaloneBackend, backend_for
+from tributary.settings import REPO_ROOT, SPARK_CONN_ID
+from tributary_airflow.backends import KubernetesBackend, StandaloneBackend, backend_for
+from tributary_airflow.batch_operators import SparkBatchHook
 
 BACKFILL_DAG_ID = "tributary_backfill"
 RECONCILE_SCRIPT = REPO_ROOT / "spark_jobs" / "batch" / "reconcile.py"
 # Exit statuses of the reconcile job that mean "finished; the runs say how it went".
 FINISHED_EXIT_CODES = {0: "all agree", 1: "mismatches found", 3: "a check could not run"}
-# After SIGTERM, how long the job's process group gets before SIGKILL.
-KILL_GRACE_S = 30.0
 
 
-class SparkBatchHook(BaseHook):
-    """Runs a Tributary Spark batch script to completion (driver here, client mode) and knows the
-    pipeline database; master and conf come from the `tributary_spark` connection."""
+class ReconcileJobHook(SparkBatchHook):
+    """The batch hook (connections, environment, kill) building the argv without a pipeline, since
+    one reconcile job covers every pipeline, and keeping the tail of the output for the error."""
 
-    conn_name_attr = "spark_conn_id"
-    default_conn_name = SPARK_CONN_ID
-    conn_type = "spark"
-    hook_name = "Tributary Spark batch job"
-
-    def __init__(
-        self,
-        spark_conn_id: str = SPARK_CONN_ID,
-        postgres_conn_id: str = PG_CONN_ID,
-        settings: Settings | None = None,
-        target: SparkTarget | None = None,
-    ) -> None:
-        super().__init__()
-        self.spark_conn_id = spark_conn_id
-        self.postgres_conn_id = postgres_conn_id
-        self.settings = settings or load_settings()
-        self._target = target
-        self._process: subprocess.Popen[str] | None = None
-
-    @property
-    def target(self) -> SparkTarget:
-        if self._target is None:
-            self._target = SparkTarget.from_connection(self.get_connection(self.spark_conn_id))
-        return self._target
-
-    def pg_url(self) -> str:
-        """The pipeline database: the `tributary_postgres` connection, else TRIBUTARY_PG_URL."""
-        try:
-            from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-            return str(PostgresHook(postgres_conn_id=self.postgres_conn_id).get_uri())
-        except Exception as error:  # noqa: BLE001 - outside Airflow (CLI, tests) the settings decide
-            self.log.debug("no Airflow connection %s (%s); using TRIBUTARY_PG_URL", self.postgres_conn_id, error)
-            return self.settings.pg_url
-
-    def submit_argv(self, name: str, script: str, args: Sequence[str]) -> list[str]:
+    def batch_argv(self, name: str, script: str, args: Sequence[str]) -> list[str]:
         """spark-submit command line of a batch script, driver in client mode on this machine."""
         backend = backend_for(self.target)  # checks the connection, with the fix in the error
         if isinstance(backend, KubernetesBackend):
@@ -108,48 +68,18 @@ class SparkBatchHook(BaseHook):
             argv += ["--conf", f"{key}={value}"]
         return [*argv, script, *args]
 
-    def environment(self) -> dict[str, str]:
-        """The job's environment: this worker's, the settings, and the Airflow connection's database."""
-        env = {**os.environ, **tributary_environment(self.settings), "TRIBUTARY_PG_URL": self.pg_url()}
-        return spark_submit.job_environment(env)
-
-    def run(self, argv: Sequence[str], tail_lines: int = 60) -> tuple[int, str]:
+    def run_to_end(self, argv: Sequence[str], tail_lines: int = 60) -> tuple[int, str]:
         """Runs `argv` to the end, its output going to the task log; (exit status, output tail)."""
         tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
-        self.log.info("running %s", " ".join(argv))
-        # A session of its own: spark-submit's JVM and the Python driver are stopped together.
-        self._process = subprocess.Popen(
-            list(argv),
-            env=self.environment(),
-            cwd=str(REPO_ROOT),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-        )
+
+        def on_line(line: str) -> None:
+            tail.append(line)
+            self.log.info("%s", line)
+
         try:
-            assert self._process.stdout is not None
-            for line in self._process.stdout:
-                line = line.rstrip("\n")
-                tail.append(line)
-                self.log.info("%s", line)
-            return self._process.wait(), "\n".join(tail)
+            return self.run(argv, self.environment(), on_line), "\n".join(tail)
         finally:
             self.kill()
-
-    def kill(self) -> None:
-        """Stops the running job's process group (SIGTERM, SIGKILL after a grace period); no-op if done."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        self.log.warning("stopping batch job pid %s", process.pid)
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(KILL_GRACE_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def _optional_time(name: str, text: str | None) -> str | None:
@@ -198,7 +128,7 @@ class ReconcileOperator(BaseOperator):
         self.start = start
         self.end = end
         self.spark_conn_id = spark_conn_id
-        self._hook: SparkBatchHook | None = None
+        self._hook: ReconcileJobHook | None = None
 
     def job_args(self, requested_by: str) -> list[str]:
         """Arguments of the reconcile job; refuses a half-given or malformed range before submitting."""
@@ -215,9 +145,9 @@ class ReconcileOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         requested_by = _requested_by(self, context)
-        self._hook = hook = SparkBatchHook(spark_conn_id=self.spark_conn_id)
-        argv = hook.submit_argv("tributary-reconciliation", str(RECONCILE_SCRIPT), self.job_args(requested_by))
-        status, tail = hook.run(argv)
+        self._hook = hook = ReconcileJobHook(spark_conn_id=self.spark_conn_id)
+        argv = hook.batch_argv("tributary-reconciliation", str(RECONCILE_SCRIPT), self.job_args(requested_by))
+        status, tail = hook.run_to_end(argv)
         if status not in FINISHED_EXIT_CODES:
             raise RuntimeError(
                 f"the reconcile job exited with status {status} without finishing its runs; its output ends:\n{tail}"
@@ -243,7 +173,7 @@ class PlanBackfillOperator(BaseOperator):
     (`trigger_run_id`, `conf`); an empty list when nothing can or may be backfilled."""
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
-        runs = _stored_runs(SparkBatchHook(), _requested_by(self, context))
+        runs = _stored_runs(ReconcileJobHook(), _requested_by(self, context))
         skipped = [r for r in runs if r.state == "failed" and not get_pipeline(r.pipeline).batch.auto_backfill]
         for run in skipped:
             self.log.info("%s: auto_backfill is off in the catalog; run %s is left for a person", run.pipeline, run.id)
@@ -276,7 +206,7 @@ class ReconciliationVerdictOperator(BaseOperator):
             raise AirflowFailException(
                 f"task {self.reconcile_task_id} did not finish, so nothing was reconciled; see its log"
             )
-        hook = SparkBatchHook()
+        hook = ReconcileJobHook()
         requested_by = _requested_by(self, context)
         runs = _stored_runs(hook, requested_by)
         lines = [r.summary or f"{r.pipeline} {r.hour_start.isoformat()}: {r.state}" for r in runs]

@@ -16,13 +16,19 @@ so modules here use absolute imports only.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from airflow.api_fastapi.core_api.security import get_user
 from fastapi import Depends, FastAPI, HTTPException, status
 from fastapi.responses import FileResponse
+
+log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 URL_PREFIX = "/tributary"
@@ -84,3 +90,26 @@ def static_file(name: str) -> FileResponse:
     if path.parent != STATIC_DIR or not path.is_file():
         raise HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail=f"no static file {name!r}")
     return FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+@contextmanager
+def database_unavailable_as_503(missing: str, unreadable: str) -> Iterator[None]:
+    """Missing tables or an unreachable PostgreSQL become a 503 whose detail names the fix.
+
+    `missing`: what does not exist yet (e.g. "the job registry tables"); `unreadable`: what
+    cannot be read (e.g. "the job registry").
+    """
+    try:
+        yield
+    except psycopg.errors.UndefinedTable as exc:
+        raise HTTPException(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"{missing} ({exc.diag.message_primary}); run `tributary migrate`",
+        ) from exc
+    except psycopg.OperationalError as exc:
+        log.warning("cannot read %s: %s", unreadable, exc)
+        raise HTTPException(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"cannot read {unreadable} ({str(exc).strip()}); check that PostgreSQL is up and "
+            "TRIBUTARY_PG_URL of the Airflow api-server points at it",
+        ) from exc

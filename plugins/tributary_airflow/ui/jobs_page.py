@@ -10,13 +10,12 @@ from __future__ import annotations
 import html
 import logging
 
-import psycopg
-from fastapi import HTTPException, Request, status
+from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from tributary.job_overview import job_overview
 from tributary.settings import load_settings
-from tributary_airflow.ui import CONTENT_SECURITY_POLICY, UIPage, page_app
+from tributary_airflow.ui import CONTENT_SECURITY_POLICY, UIPage, database_unavailable_as_503, page_app
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +73,8 @@ def jobs_page(request: Request) -> HTMLResponse:
 @app.get("/api/jobs")
 def list_jobs() -> JSONResponse:
     """Every catalog pipeline's job, as `JobOverview.to_json()` dicts, in catalog order."""
-    try:
+    with database_unavailable_as_503("the job registry tables do not exist yet", "the job registry"):
         jobs = job_overview(load_settings().pg_url)
-    except psycopg.errors.UndefinedTable as exc:
-        raise HTTPException(
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=f"the job registry tables do not exist yet ({exc.diag.message_primary}); run `tributary migrate`",
-        ) from exc
-    except psycopg.OperationalError as exc:
-        log.warning("streaming jobs page: cannot read the job registry: %s", exc)
-        raise HTTPException(
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=f"cannot read the job registry ({str(exc).strip()}); check that PostgreSQL is up and "
-            "TRIBUTARY_PG_URL of the Airflow api-server points at it",
-        ) from exc
     return JSONResponse([job.to_json() for job in jobs], headers={"Cache-Control": "no-store"})
 
 

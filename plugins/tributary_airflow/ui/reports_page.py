@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from tributary.clients import pg_connect
 from tributary.compaction_report import ECHARTS_FILE, CompactionReport, list_reports, load_report, render_html
 from tributary.settings import load_settings
-from tributary_airflow.ui import CONTENT_SECURITY_POLICY, UIPage, page_app
+from tributary_airflow.ui import CONTENT_SECURITY_POLICY, UIPage, database_unavailable_as_503, page_app
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +70,11 @@ def _base(request: Request) -> str:
 @contextmanager
 def _reports_db() -> Iterator[psycopg.Connection[Any]]:
     """A connection to the pipeline database; missing tables or server become a 503 with the fix."""
-    try:
-        with pg_connect(load_settings().pg_url, application_name="tributary-ui") as conn:
-            yield conn
-    except psycopg.errors.UndefinedTable as exc:
-        raise HTTPException(
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=f"the compaction reports table does not exist yet ({exc.diag.message_primary}); run `tributary migrate`",
-        ) from exc
-    except psycopg.OperationalError as exc:
-        log.warning("compaction reports page: cannot read the reports: %s", exc)
-        raise HTTPException(
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=f"cannot read the compaction reports ({str(exc).strip()}); check that PostgreSQL is up and "
-            "TRIBUTARY_PG_URL of the Airflow api-server points at it",
-        ) from exc
+    with (
+        database_unavailable_as_503("the compaction reports table does not exist yet", "the compaction reports"),
+        pg_connect(load_settings().pg_url, application_name="tributary-ui") as conn,
+    ):
+        yield conn
 
 
 @app.get("/", response_class=HTMLResponse)
