@@ -249,6 +249,8 @@ class PlatformNames:
     reconciliation_results_table: str
     backfill_runs_table: str
     compaction_reports_table: str
+    # The newest event time per job and query, from which the next batch's watermark follows.
+    watermarks_table: str
     migrations_table: str
     # Published outbox rows are deleted by compaction after this many days.
     outbox_retention_days: int = 7
@@ -266,6 +268,7 @@ PLATFORM = PlatformNames(
     reconciliation_results_table="reconciliation_results",
     backfill_runs_table="backfill_runs",
     compaction_reports_table="compaction_reports",
+    watermarks_table="stream_watermarks",
     migrations_table="_yoyo_migration",
 )
 
@@ -457,5 +460,6 @@ def all_tables() -> list[str]:
         PLATFORM.reconciliation_results_table,
         PLATFORM.backfill_runs_table,
         PLATFORM.compaction_reports_table,
+        PLATFORM.watermarks_table,
     ]
     return shared + [t for p in PIPELINES.values() for t in p.tables.names()]
