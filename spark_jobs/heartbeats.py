@@ -27,13 +27,18 @@ VALUES (%s, %s, %s, now(), %s, %s, %s, %s::jsonb, %s::jsonb, %s)
 ON CONFLICT (job_name, query_name, batch_id) DO UPDATE SET
     recorded_at = EXCLUDED.recorded_at, input_rows = EXCLUDED.input_rows,
     input_rows_per_s = EXCLUDED.input_rows_per_s, processed_rows_per_s = EXCLUDED.processed_rows_per_s,
-    durations_ms = EXCLUDED.durations_ms, end_offsets = EXCLUDED.end_offsets, watermark = EXCLUDED.watermark
+    durations_ms = EXCLUDED.durations_ms, end_offsets = EXCLUDED.end_offsets,
+    -- A job that keeps its own watermark (no Spark event-time operator) wrote it with its counts.
+    watermark = coalesce(EXCLUDED.watermark, {PLATFORM.heartbeats_table}.watermark)
 """
 
-UPSERT_VIOLATIONS = f"""
-INSERT INTO {PLATFORM.heartbeats_table} (job_name, query_name, batch_id, input_rows, violations)
-VALUES (%s, %s, %s, %s, %s::jsonb)
-ON CONFLICT (job_name, query_name, batch_id) DO UPDATE SET violations = EXCLUDED.violations
+# What the batch function counted: violations per rule, rows behind the watermark, the watermark.
+UPSERT_BATCH_COUNTS = f"""
+INSERT INTO {PLATFORM.heartbeats_table} (job_name, query_name, batch_id, input_rows, violations, late_rows, watermark)
+VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s)
+ON CONFLICT (job_name, query_name, batch_id) DO UPDATE SET
+    violations = EXCLUDED.violations, late_rows = EXCLUDED.late_rows,
+    watermark = coalesce(EXCLUDED.watermark, {PLATFORM.heartbeats_table}.watermark)
 """
 
 

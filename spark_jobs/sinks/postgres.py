@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from types import TracebackType
@@ -136,11 +137,14 @@ class PostgresBatch:
             return
         self._conn.commit()
 
-    def merge(self, target: MergeTarget, payload: Iterable[memoryview | bytes]) -> int:
-        """COPY `payload` (CSV lines of `target.columns`) into staging, merge; returns rows merged."""
+    def stage(self, target: MergeTarget, payload: Iterable[memoryview | bytes]) -> str:
+        """COPY `payload` (CSV lines of `target.columns`) into the target's staging table; its name.
+
+        The staging table is temporary and emptied at commit, so each batch starts from nothing.
+        """
         stage = f"_stage_{target.table}"
         cols = sql.SQL(", ").join(map(sql.Identifier, target.columns))
-        try:
+        with self._errors(target.table):
             self._cur.execute(
                 sql.SQL(
                     "CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
@@ -151,15 +155,35 @@ class PostgresBatch:
             ) as copy:
                 for chunk in payload:
                     copy.write(chunk)
+        return stage
+
+    def merge(self, target: MergeTarget, payload: Iterable[memoryview | bytes]) -> int:
+        """COPY `payload` (CSV lines of `target.columns`) into staging, merge; returns rows merged."""
+        stage = self.stage(target, payload)
+        with self._errors(target.table):
             self._cur.execute(target.merge_sql(stage))
             merged = self._cur.rowcount
-        except psycopg.Error as exc:
-            raise SinkError(
-                f"{self.label}: writing {target.table} failed: {exc.__class__.__name__}: {exc}".rstrip()
-                + "; the batch is rolled back and will be retried from the checkpoint"
-            ) from exc
         self.counts[target.table] = self.counts.get(target.table, 0) + merged
         return merged
+
+    def query_one(self, statement: sql.Composable | str, params: Mapping[str, Any], table: str) -> tuple[Any, ...]:
+        """Runs a statement writing `table` (named in errors) and returns its one result row."""
+        with self._errors(table):
+            self._cur.execute(statement, params)  # type: ignore[arg-type]
+            row = self._cur.fetchone()
+        if row is None:
+            raise SinkError(f"{self.label}: writing {table} returned no result row")
+        return tuple(row)
+
+    @contextmanager
+    def _errors(self, table: str) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise SinkError(
+                f"{self.label}: writing {table} failed: {exc.__class__.__name__}: {exc}".rstrip()
+                + "; the batch is rolled back and will be retried from the checkpoint"
+            ) from exc
 
     def execute(self, statement: sql.Composable | str, params: Sequence[Any] | None = None) -> int:
         self._cur.execute(statement, params)  # type: ignore[arg-type]
