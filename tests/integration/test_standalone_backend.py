@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from tests.integration.streaming_fixtures import private_settings  # noqa: F401 - fixture
 from tests.integration.test_user_events_job import prepare, scalar, send
 from tributary.airflow_env import tributary_environment
 from tributary.catalog import PLATFORM, USER_EVENTS
 from tributary.producers.user_events import EventMix, generate_events
 from tributary.settings import Settings
-from tributary.stack.broker import TansuBroker
-from tributary.stack.ports import free_port
 from tributary.stack.processes import tail
-from tributary.stack.search import OsmemSearch
 from tributary.stack.spark_standalone import StandaloneCluster, standalone_cluster
 from tributary_airflow.backends import SparkTarget, StandaloneBackend, Submission
 
@@ -37,29 +34,6 @@ CLUSTER_CONF = {
     "spark.ui.enabled": "false",
     "spark.executor.memory": "512m",
 }
-
-
-@pytest.fixture
-def private_settings(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """`settings` with a broker and an ES-API server of this test's own (catalog names, no sharing)."""
-    own = replace(
-        settings,
-        kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        embedded_kafka=True,
-        es_url=f"http://127.0.0.1:{free_port()}",
-        embedded_es=True,
-        state_dir=tmp_path / "services",
-    )
-    broker, search = TansuBroker(own, progress=None), OsmemSearch(own, progress=None)
-    broker.up()
-    search.up()
-    monkeypatch.setenv("TRIBUTARY_KAFKA_BOOTSTRAP", own.kafka_bootstrap)
-    monkeypatch.setenv("TRIBUTARY_ES_URL", own.es_url)
-    try:
-        yield replace(own, state_dir=settings.state_dir)
-    finally:
-        search.down()
-        broker.down()
 
 
 @pytest.fixture
@@ -79,7 +53,9 @@ def wait_for(predicate: Callable[[], bool], what: str, submission: Submission, t
 
 @pytest.mark.timeout(900)
 def test_user_events_stream_through_a_standalone_cluster_and_stop_on_kill(
-    private_settings: Settings, cluster: StandaloneCluster, tmp_path: Path
+    private_settings: Settings,  # noqa: F811 - the imported fixture
+    cluster: StandaloneCluster,
+    tmp_path: Path,
 ) -> None:
     settings = private_settings
     prepare(settings, USER_EVENTS, PLATFORM, users=50)

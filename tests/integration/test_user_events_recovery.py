@@ -11,10 +11,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import time
-from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,8 +18,8 @@ from typing import Any
 import pytest
 from pyspark.sql import SparkSession
 
-from spark_jobs.submit import job_environment, submit_argv
 from spark_jobs.user_events.job import JobOptions, UserEventsJob
+from tests.integration.streaming_fixtures import private_settings, start_driver, wait_for  # noqa: F401 - fixture
 from tests.integration.test_user_events_job import (
     isolated,
     prepare,
@@ -36,59 +32,14 @@ from tributary.catalog import PLATFORM, USER_EVENTS
 from tributary.clients import es_client
 from tributary.producers.user_events import EventMix, GeneratedEvent, generate_events
 from tributary.settings import Settings
-from tributary.stack.broker import TansuBroker
-from tributary.stack.ports import free_port
-from tributary.stack.search import OsmemSearch
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture
-def private_settings(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """`settings` with a broker and an ES-API server of this test's own (catalog names, no sharing)."""
-    own = replace(
-        settings,
-        kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        embedded_kafka=True,
-        es_url=f"http://127.0.0.1:{free_port()}",
-        embedded_es=True,
-        state_dir=tmp_path / "services",
-    )
-    broker, search = TansuBroker(own, progress=None), OsmemSearch(own, progress=None)
-    broker.up()
-    search.up()
-    monkeypatch.setenv("TRIBUTARY_KAFKA_BOOTSTRAP", own.kafka_bootstrap)
-    monkeypatch.setenv("TRIBUTARY_ES_URL", own.es_url)
-    try:
-        yield replace(own, state_dir=settings.state_dir)
-    finally:
-        search.down()
-        broker.down()
-
-
-def start_driver(log: Path, *args: str) -> subprocess.Popen[bytes]:
-    """spark-submit of the job in a session of its own (as the supervisor starts it)."""
-    argv = submit_argv(USER_EVENTS, master="local[2]", job_args=args, conf={"spark.ui.enabled": "false"})
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            argv, env=job_environment(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def wait_for(predicate: Any, timeout_s: float, what: str, log: Path, driver: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and driver.poll() is None:
-        if predicate():
-            return
-        time.sleep(0.5)
-    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-    ended = "" if driver.poll() is None else f"the driver exited ({driver.returncode}) "
-    raise AssertionError(f"{ended}before {what} (waited up to {timeout_s:.0f}s); job log tail:\n{tail}")
-
-
 @pytest.mark.timeout(900)
 def test_sigkilled_driver_restarts_from_its_checkpoint_without_loss_or_duplicates(
-    private_settings: Settings, tmp_path: Path
+    private_settings: Settings,  # noqa: F811 - the imported fixture
+    tmp_path: Path,
 ) -> None:
     settings = private_settings
     prepare(settings, USER_EVENTS, PLATFORM, users=2_000)
@@ -110,21 +61,21 @@ def test_sigkilled_driver_restarts_from_its_checkpoint_without_loss_or_duplicate
     landed_before_kill = []
     for _ in range(2):
         floor = raw_rows()
-        driver = start_driver(log, *args)
+        driver = start_driver(USER_EVENTS, log, *args)
         wait_for(lambda floor=floor: raw_rows() > floor + 2_000, 240, "batches landed", log, driver)
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(30)
         landed_before_kill.append(raw_rows())
     assert landed_before_kill[-1] < valid, "the second kill must come before the end, or the test proves little"
 
-    finish = start_driver(log, *args, "--available-now")
+    finish = start_driver(USER_EVENTS, log, *args, "--available-now")
     assert finish.wait(600) == 0, log.read_text(errors="replace")[-3000:]
     # One event 3 minutes later moves the watermark past every window, so all of them close.
     clock = list(
         generate_events(1, seed=22, start=events[-1].event_time + timedelta(minutes=3), events_per_s=1, mix=EventMix())
     )
     send(settings, USER_EVENTS.topic.name, clock)
-    closer = start_driver(log, "--available-now")
+    closer = start_driver(USER_EVENTS, log, "--available-now")
     assert closer.wait(600) == 0, log.read_text(errors="replace")[-3000:]
 
     # 0 lost, 0 duplicated: raw rows, dead letters, ES documents.
