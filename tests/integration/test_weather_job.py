@@ -109,8 +109,7 @@ def test_a_known_mix_lands_exactly_and_late_readings_are_kept_aside(spark: Spark
     # Raw: every valid reading once (late ones too); late ones also in the late table.
     assert scalar(settings, "SELECT count(*) FROM weather_readings") == valid
     assert (
-        scalar(settings, "SELECT count(DISTINCT (topic, kafka_partition, kafka_offset)) FROM weather_readings")
-        == valid
+        scalar(settings, "SELECT count(DISTINCT (topic, kafka_partition, kafka_offset)) FROM weather_readings") == valid
     )
     assert scalar(settings, "SELECT count(*) FROM weather_late_readings") == len(late)
     assert scalar(settings, "SELECT count(*) FROM weather_late_readings WHERE event_ts >= watermark") == 0
