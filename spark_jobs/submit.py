@@ -20,7 +20,7 @@ SPARK_SUBMIT = str(Path(sys.executable).parent / "spark-submit")
 
 def job_script(pipeline: Pipeline) -> Path:
     """The driver script of `pipeline`'s job (its catalog `job_module` + `.job`)."""
-    return REPO_ROOT.joinpath(*pipeline.job_module.split("."), "job.py")
+    return REPO_ROOT / pipeline.job_path
 
 
 def submit_argv(

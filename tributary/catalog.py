@@ -230,6 +230,11 @@ class Pipeline:
     def job_name(self) -> str:
         return self.name
 
+    @property
+    def job_path(self) -> str:
+        """The job's driver script, relative to the repository root (`job_module` + `/job.py`)."""
+        return "/".join([*self.job_module.split("."), "job.py"])
+
     def checkpoint_location(self, checkpoint_root: str) -> str:
         return f"{checkpoint_root.rstrip('/')}/{self.name}"
 

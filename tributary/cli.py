@@ -11,20 +11,20 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from tributary import bootstrap, stack
 from tributary.airflow_env import admin_password, passwords_file
 from tributary.bootstrap import StepReport
-from tributary.catalog import USER_EVENTS, get_pipeline
+from tributary.catalog import APP_LOGS, PIPELINES, USER_EVENTS, WEATHER, get_pipeline
 from tributary.clients import es_client, kafka_admin, kafka_config, pg_connect
 from tributary.provisioning import ProvisioningError
 from tributary.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from tributary.producers.user_events import ProduceReport
+    from tributary.producers.user_events import GeneratedEvent, ProduceReport
 from tributary.stack.report import render_table, status_table
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -38,13 +38,13 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         if not args.stack_only:
             from tributary import platform
             from tributary.airflow_api import AirflowApiError
-            from tributary.stack.producer import DemoProducer
+            from tributary.stack.producer import demo_producers
 
             try:
                 platform.start(settings, statuses, print)
             except AirflowApiError as exc:
                 raise stack.StackError(f"platform start: {exc}") from exc
-            statuses = [*statuses, DemoProducer(settings).up()]
+            statuses = [*statuses, *(producer.up() for producer in demo_producers(settings))]
     except stack.StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -133,30 +133,23 @@ def cmd_seed_users(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
-    """Produce user events (valid, invalid, late, bursts) to the user_events topic."""
-    from tributary.producers.user_events import EventMix, generate_events, produce
+    """Produce a pipeline's records (valid, invalid, late, bursts) to its topic."""
+    from tributary.producers.user_events import produce
 
-    mix = EventMix(
-        users=args.users,
-        invalid_share=args.invalid_share,
-        late_share=args.late_share,
-        burst_users=tuple(args.burst_user),
-        burst_share=args.burst_share if args.burst_user else 0.0,
-    )
+    pipeline = get_pipeline(args.pipeline)
     count = args.count if args.count > 0 else sys.maxsize
-    events = generate_events(
-        count, seed=args.seed, start=datetime.now(UTC), events_per_s=args.rate or 10_000.0, mix=mix
-    )
+    rate = args.rate if args.rate is not None else DEFAULT_RATES[pipeline.name]
+    records = _generator(args, pipeline.name, count, rate or 10_000.0)
 
     def progress(report: ProduceReport) -> None:
         print(f"produced {report.produced:,} ({report.rate:,.0f}/s)", flush=True)
 
     try:
         report = produce(
-            events,
+            records,
             producer_config=kafka_config(settings),
-            topic=USER_EVENTS.topic.name,
-            rate=args.rate or None,
+            topic=pipeline.topic.name,
+            rate=rate or None,
             on_progress=progress,
         )
     except RuntimeError as exc:
@@ -165,8 +158,44 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
         return 0
-    print(f"produced {report.produced:,} events in {report.seconds:.1f}s ({report.rate:,.0f}/s): {report.by_kind}")
+    print(f"produced {report.produced:,} records in {report.seconds:.1f}s ({report.rate:,.0f}/s): {report.by_kind}")
     return 0
+
+
+# Records per second `produce` sends when --rate is not given (weather: ~10k readings a minute).
+DEFAULT_RATES = {USER_EVENTS.name: 1_000.0, WEATHER.name: 10_000 / 60, APP_LOGS.name: 200.0}
+
+
+def _generator(args: argparse.Namespace, pipeline: str, count: int, per_s: float) -> Iterator[GeneratedEvent]:
+    """The seeded record generator of `pipeline`, with the mix the options ask for."""
+    start = datetime.now(UTC)
+    if pipeline == WEATHER.name:
+        from tributary.producers.weather import ReadingMix, generate_readings
+
+        mix = ReadingMix(
+            stations=args.stations,
+            invalid_share=args.invalid_share,
+            late_share=args.late_share,
+            out_of_order_share=args.out_of_order_share,
+        )
+        return generate_readings(count, seed=args.seed, start=start, readings_per_s=per_s, mix=mix)
+    if pipeline == APP_LOGS.name:
+        from tributary.producers.app_logs import LogMix, generate_log_lines
+
+        log_mix = LogMix(
+            invalid_share=args.invalid_share, error_burst_share=args.error_burst_share, json_share=args.json_share
+        )
+        return generate_log_lines(count, seed=args.seed, start=start, lines_per_s=per_s, mix=log_mix)
+    from tributary.producers.user_events import EventMix, generate_events
+
+    event_mix = EventMix(
+        users=args.users,
+        invalid_share=args.invalid_share,
+        late_share=args.late_share,
+        burst_users=tuple(args.burst_user),
+        burst_share=args.burst_share if args.burst_user else 0.0,
+    )
+    return generate_events(count, seed=args.seed, start=start, events_per_s=per_s, mix=event_mix)
 
 
 def cmd_run_job(args: argparse.Namespace, settings: Settings) -> int:
@@ -182,21 +211,40 @@ def cmd_run_job(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "pipeline", nargs="?", default="user_events", choices=["user_events"], help="pipeline whose job to run"
+        "pipeline", nargs="?", default=USER_EVENTS.name, choices=sorted(PIPELINES), help="pipeline whose job to run"
     )
     parser.add_argument("--available-now", action="store_true", help="process what is in the topic, then stop")
     parser.add_argument("--no-es", action="store_true", help="do not index into Elasticsearch")
 
 
 def _produce_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--count", type=int, default=10_000, help="events to send; 0 = run until interrupted")
-    parser.add_argument("--rate", type=float, default=1_000.0, help="events per second; 0 = as fast as possible")
-    parser.add_argument("--users", type=int, default=1_000, help="distinct user ids")
+    parser.add_argument(
+        "pipeline", nargs="?", default=USER_EVENTS.name, choices=sorted(PIPELINES), help="whose records to send"
+    )
+    parser.add_argument("--count", type=int, default=10_000, help="records to send; 0 = run until interrupted")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="records per second; 0 = as fast as possible (default: "
+        + ", ".join(f"{name} {rate:g}" for name, rate in DEFAULT_RATES.items())
+        + ")",
+    )
     parser.add_argument("--invalid-share", type=float, default=0.0, help="share of invalid records (every kind)")
-    parser.add_argument("--late-share", type=float, default=0.0, help="share of events 15 minutes late")
-    parser.add_argument("--burst-user", type=int, action="append", default=[], help="user id sending bursts")
-    parser.add_argument("--burst-share", type=float, default=0.05, help="share of events from burst users")
+    parser.add_argument("--late-share", type=float, default=0.0, help="share of late records (user_events, weather)")
     parser.add_argument("--seed", type=int, default=42)
+    events = parser.add_argument_group("user_events")
+    events.add_argument("--users", type=int, default=1_000, help="distinct user ids")
+    events.add_argument("--burst-user", type=int, action="append", default=[], help="user id sending bursts")
+    events.add_argument("--burst-share", type=float, default=0.05, help="share of events from burst users")
+    weather = parser.add_argument_group("weather")
+    weather.add_argument("--stations", type=int, default=200, help="distinct weather stations")
+    weather.add_argument(
+        "--out-of-order-share", type=float, default=0.0, help="share of readings behind, but within the watermark"
+    )
+    logs = parser.add_argument_group("app_logs")
+    logs.add_argument("--error-burst-share", type=float, default=0.0, help="share of lines in 5xx error bursts")
+    logs.add_argument("--json-share", type=float, default=0.3, help="share of JSON API log lines (rest: combined)")
 
 
 def _up_arguments(parser: argparse.ArgumentParser) -> None:

@@ -35,9 +35,7 @@ Progress = Callable[[str], None]
 
 def runnable_pipelines() -> list[Pipeline]:
     """Autostart pipelines whose job exists in this checkout."""
-    return [
-        p for p in PIPELINES.values() if p.autostart and REPO_ROOT.joinpath(*p.job_module.split("."), "job.py").exists()
-    ]
+    return [p for p in PIPELINES.values() if p.autostart and (REPO_ROOT / p.job_path).exists()]
 
 
 def start(settings: Settings, statuses: Sequence[ComponentStatus], progress: Progress) -> None:

@@ -20,7 +20,7 @@ from tributary.stack.errors import StackError
 from tributary.stack.health import Progress
 from tributary.stack.paths import StatePaths
 from tributary.stack.postgres import PostgresServer
-from tributary.stack.producer import DemoProducer
+from tributary.stack.producer import demo_producers
 from tributary.stack.search import OsmemSearch
 
 
@@ -91,7 +91,7 @@ def _down(settings: Settings, progress: Progress | None) -> list[ComponentStatus
 
     components = stack_components(settings, progress)
     postgres, kafka, search, *airflow = components
-    producer = DemoProducer(settings, progress)
+    producers = demo_producers(settings, progress)
     errors: list[str] = []
     results: dict[str, ComponentStatus] = {}
 
@@ -101,7 +101,8 @@ def _down(settings: Settings, progress: Progress | None) -> list[ComponentStatus
         except (StackError, RuntimeError, OSError) as exc:
             errors.append(f"{component.name}: {exc}")
 
-    stop(producer)
+    for producer in producers:
+        stop(producer)
     # Airflow's processes shut down independently; stopping them together saves their grace periods.
     with ThreadPoolExecutor(max_workers=len(airflow)) as pool:
         list(pool.map(stop, airflow))
@@ -114,12 +115,12 @@ def _down(settings: Settings, progress: Progress | None) -> list[ComponentStatus
         stop(component)
     if errors:
         raise StackError("could not stop everything:\n" + "\n".join(errors))
-    return [results[c.name] for c in [producer, *components]]
+    return [results[c.name] for c in [*producers, *components]]
 
 
 def status(settings: Settings) -> list[ComponentStatus]:
     """The state of every component, changing nothing (stale PID files aside)."""
-    components = [*stack_components(settings, progress=None), DemoProducer(settings, progress=None)]
+    components = [*stack_components(settings, progress=None), *demo_producers(settings, progress=None)]
     return [component.status() for component in components]
 
 
