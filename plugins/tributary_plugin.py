@@ -10,10 +10,11 @@ from __future__ import annotations
 from airflow.plugins_manager import AirflowPlugin
 
 from tributary_airflow.ui import UIPage
+from tributary_airflow.ui.dashboard_page import PAGE as DASHBOARD_PAGE
 from tributary_airflow.ui.jobs_page import PAGE as JOBS_PAGE
 from tributary_airflow.ui.reports_page import PAGE as REPORTS_PAGE
 
-PAGES: tuple[UIPage, ...] = (JOBS_PAGE, REPORTS_PAGE)
+PAGES: tuple[UIPage, ...] = (JOBS_PAGE, DASHBOARD_PAGE, REPORTS_PAGE)
 
 
 class TributaryPlugin(AirflowPlugin):
