@@ -378,7 +378,7 @@ def run_compaction(spark: SparkSession, settings: Settings, options: CompactionO
         "compaction report #%s, run %s, today %s, dry run %s", report.id, report.run_id, report.today, report.dry_run
     )
     try:
-        _compact_partitions(spark, settings, options, report)
+        _step(report, "compact raw partitions", lambda: _compact_partitions(spark, settings, options, report))
         _step(report, "expire Elasticsearch indices", lambda: _expire_indices(settings, options, report))
         _step(report, "expire outbox rows", lambda: _expire_outbox(settings, options, report))
     except BaseException as exc:
