@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import random
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _common import bench_database_url, say, server_url
 from pyspark.sql import SparkSession
 
 from spark_jobs.batch.backfill import (
@@ -53,17 +52,13 @@ from tributary.provisioning import ensure_topics
 from tributary.settings import Settings, load_settings
 from tributary.stack.broker import TansuBroker
 from tributary.stack.ports import free_port
-from tributary.stack.postgres import database_url, drop_database, ensure_database
+from tributary.stack.postgres import drop_database, ensure_database
 
 DAY_S = 86_400
 RAW_COLUMNS = (
     "topic, kafka_partition, kafka_offset, kafka_timestamp, event_ts, user_id, product_id, action, "
     "device_id, device_type, location, user_segment, ip_address"
 )
-
-
-def say(message: str) -> None:
-    print(f"[{datetime.now():%H:%M:%S}] {message}", flush=True)
 
 
 def raw_day(day: datetime, rows: int, users: int, seed: int = 1) -> bytes:
@@ -145,13 +140,13 @@ def main() -> int:
     parser.add_argument("--skip-phases", action="store_true", help="only the backfill and its rerun")
     args = parser.parse_args()
 
-    server = os.environ.get("TRIBUTARY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    server = server_url()
     day = (datetime.now(UTC) - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     with tempfile.TemporaryDirectory(prefix="tributary-bench-") as tmp:
         settings = replace(
             load_settings(),
             state_dir=Path(tmp),
-            pg_url=database_url(server, f"tributary_bench_backfill_{uuid.uuid4().hex[:6]}"),
+            pg_url=bench_database_url(server, "backfill"),
             kafka_bootstrap=f"127.0.0.1:{free_port()}",
             embedded_kafka=True,
         )

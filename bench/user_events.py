@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import bench_database_url, say, server_url
 
 from spark_jobs.session import build_session
 from spark_jobs.user_events.job import JobOptions, UserEventsJob
@@ -42,10 +42,6 @@ from tributary.stack.broker import TansuBroker
 from tributary.stack.ports import free_port
 from tributary.stack.postgres import database_url, drop_database, ensure_database
 from tributary.stack.search import OsmemSearch
-
-
-def say(message: str) -> None:
-    print(f"[{datetime.now():%H:%M:%S}] {message}", flush=True)
 
 
 def copy_ceiling(pg_url: str, rows: int) -> float:
@@ -82,7 +78,7 @@ def count_raw(settings: Settings) -> int:
 
 def fresh_run(settings: Settings, tag: str, users: int) -> Settings:
     """A new database and checkpoint root for one measurement, schema and topic in place."""
-    url = database_url(settings.pg_url, f"tributary_bench_{tag}_{uuid.uuid4().hex[:6]}")
+    url = bench_database_url(settings.pg_url, tag)
     ensure_database(url)
     run = replace(settings, pg_url=url, checkpoint_root=f"{settings.checkpoint_root}/{tag}")
     apply_migrations(url)
@@ -188,7 +184,7 @@ def main() -> int:
     args = parser.parse_args()
 
     base = load_settings()
-    server = os.environ.get("TRIBUTARY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    server = server_url()
     with tempfile.TemporaryDirectory(prefix="tributary-bench-") as tmp:
         settings = replace(
             base,

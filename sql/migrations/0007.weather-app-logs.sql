@@ -58,7 +58,9 @@ CREATE TABLE weather_summary (
     updated_at       timestamptz      NOT NULL DEFAULT now(),
     -- Per-station range queries: one index range scan on (station, length, start).
     PRIMARY KEY (station_id, window_seconds, window_start)
-);
+-- Every batch updates the open hour's rows; free room in each page keeps those updates HOT (no
+-- index changes): measured 36% -> 96% HOT and about half the time per batch (bench/weather_query.py).
+) WITH (fillfactor = 80);
 -- Last-hour queries over every station: a range scan on the window start.
 CREATE INDEX weather_summary_window_idx ON weather_summary (window_start, window_seconds);
 
