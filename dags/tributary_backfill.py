@@ -6,13 +6,16 @@ job's own transformations: after an outage of the streaming job, to fold in even
 too late for their windows, or after a fix to the raw data. Every write is idempotent, so a rerun
 changes nothing. Trigger it with:
 
-- **pipeline**: a catalog pipeline that has a backfill (`user_events`);
+- **pipeline**: a catalog pipeline that has a backfill (`user_events`, `weather`);
 - **start** / **end**: the range `[start, end)` of event time, ISO 8601 with a zone
   (`2026-11-23T00:00:00Z`); it must end at least the pipeline's `reconcile_delay_hours` ago
   (the streaming job may still write newer windows) and start within its hot retention;
-- **targets**: any of `summaries` (windowed activity, upserted where it differs), `anomalies`
-  (upserted likewise), `es` (documents missing from Elasticsearch, same ids as streaming) and
-  `alerts` (only for anomalies that were never recorded or alerted before);
+  for `weather`, on whole hours (its summaries are hourly windows);
+- **targets**: for `user_events`, any of `summaries` (windowed activity, upserted where it
+  differs), `anomalies` (upserted likewise), `es` (documents missing from Elasticsearch, same ids
+  as streaming) and `alerts` (only for anomalies that were never recorded or alerted before);
+  for `weather`, `summaries` only: the hourly summaries recomputed from every reading, late ones
+  included, and the late readings of the range marked folded;
 - **dry_run**: report per target what would be new or changed, and write nothing.
 
 Every window that overlaps the range is recomputed. The task runs the Spark job to its end and
@@ -70,7 +73,10 @@ from tributary_airflow.batch_operators import BackfillOperator
             minItems=1,
             uniqueItems=True,
             title="Targets",
-            description="What to recompute: summaries, anomalies, es (documents), alerts (new anomalies only).",
+            description=(
+                "What to recompute: summaries, anomalies, es (documents), alerts (new anomalies only); "
+                "weather backfills summaries only."
+            ),
         ),
         "dry_run": Param(
             False,

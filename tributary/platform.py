@@ -132,7 +132,14 @@ def reset_stream_state(settings: Settings, progress: Progress) -> None:
             if t and t in existing
         ]
         tables += [
-            t for t in (PLATFORM.dead_letters_table, PLATFORM.outbox_table, PLATFORM.heartbeats_table) if t in existing
+            t
+            for t in (
+                PLATFORM.dead_letters_table,
+                PLATFORM.outbox_table,
+                PLATFORM.heartbeats_table,
+                PLATFORM.watermarks_table,
+            )
+            if t in existing
         ]
         has_rows = any(conn.execute(f"SELECT EXISTS (SELECT 1 FROM {t})").fetchone()[0] for t in tables)  # type: ignore[index]
         if not (had_checkpoints or has_rows):
@@ -168,7 +175,7 @@ def stop_jobs(settings: Settings, progress: Progress | None, grace_s: float = 60
             assert record.pid is not None
             if progress:
                 progress(f"jobs: stopping {record.job_name} (pid {record.pid}) ...")
-            main_file = str(REPO_ROOT.joinpath(*get_pipeline(record.job_name).job_module.split("."), "job.py"))
+            main_file = str(REPO_ROOT / get_pipeline(record.job_name).job_path)
             # SIGTERM to the Python driver (it stops its queries between batches), SIGKILL after.
             stop_driver(record.pid, main_file, grace_s)
             registry.record_exit(record.job_name, "stopped")

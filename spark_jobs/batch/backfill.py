@@ -3,6 +3,8 @@
     python -m spark_jobs.batch.backfill --pipeline user_events \\
         --start 2026-11-23T00:00:00Z --end 2026-11-24T00:00:00Z \\
         --targets summaries,anomalies,es,alerts [--dry-run]
+    python -m spark_jobs.batch.backfill --pipeline weather \\
+        --start 2026-11-23T00:00:00Z --end 2026-11-24T00:00:00Z --targets summaries [--dry-run]
     spark-submit spark_jobs/batch/backfill.py ...       # how the tributary_backfill DAG runs it
 
 The raw rows of the range are read over JDBC, one slice per hour (each slice prunes to one day
@@ -17,6 +19,12 @@ for anomalies that were not already recorded or alerted, then publishes it. A wi
 recomputed when it overlaps the range; the events it needs beyond the range are read too.
 `--dry-run` computes the same and reports per target what would be new or changed, writing
 nothing but its record in `backfill_runs`.
+
+weather (`summaries` only, whole UTC hours): the hourly summary rows per station and over all
+stations are recomputed from every raw reading of the range, late ones included, and replace the
+stored ones where they differ; the late readings summed in are marked folded (`folded_at`) in the
+same transaction, after their window's rows. The report counts them as `late_readings` (changed:
+folded by this run).
 
 Progress goes to the log after every chunk of the range (`backfill user_events: read 120,000
 rows (40% of 300,000) ...`) and, on a terminal, to a progress bar. The last line on stdout is a JSON
@@ -53,12 +61,13 @@ from pyspark.sql import functions as F
 
 from spark_jobs.batch.raw_reader import hour_slices, read_raw_range
 from spark_jobs.session import build_session
-from spark_jobs.sinks.copy_lines import copy_payload, csv_line
+from spark_jobs.sinks.copy_lines import copy_line, copy_payload, csv_line
 from spark_jobs.sinks.elasticsearch import ElasticsearchSink
 from spark_jobs.sinks.outbox import OutboxPublisher
 from spark_jobs.sinks.postgres import PostgresSink, SinkError
 from spark_jobs.user_events import transforms as T
 from spark_jobs.user_events import writers as W
+from spark_jobs.weather import transforms as WT
 from tributary.catalog import PIPELINES, PLATFORM, Pipeline, PlatformNames, get_pipeline
 from tributary.clients import es_client, jdbc_url, kafka_config, plain_pg_url
 from tributary.settings import Settings, load_settings
@@ -172,6 +181,7 @@ class BackfillRequest:
             raise ValueError(
                 f"{pipeline.name} backfills {', '.join(backfill.targets)}, not {', '.join(unsupported)}; drop them"
             )
+        backfill.check_range(pipeline, self.start, self.end)
         settle = timedelta(hours=pipeline.batch.reconcile_delay_hours)
         if self.end > now - settle:
             raise ValueError(
@@ -386,6 +396,36 @@ class UpsertTarget(WriteTarget):
     key: tuple[str, ...]
     # The column that places a row in time (a window's start), for `empty_between`.
     time_column: str
+    # Float columns that may come out a few ulps apart when recomputed (sums added in another
+    # order): a row counts as changed only when one of them differs by more than `rel_tolerance`
+    # of its magnitude (at least 1), or another column differs at all.
+    approx: tuple[str, ...] = ()
+    rel_tolerance: float = 1e-9
+    # A column set to now() when a row is updated (None: none).
+    stamp_column: str | None = None
+
+    def differs(self, left: str, right: str) -> sql.Composable:
+        """SQL true when the value columns of the rows aliased `left` and `right` differ."""
+        values = [c for c in self.columns if c not in self.key]
+
+        def row(alias: str, columns: Sequence[str]) -> sql.Composable:
+            return sql.SQL(", ").join(
+                sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c)) for c in columns
+            )
+
+        exact = [c for c in values if c not in self.approx]
+        tests: list[sql.Composable] = []
+        if exact:
+            tests.append(sql.SQL("({}) IS DISTINCT FROM ({})").format(row(left, exact), row(right, exact)))
+        for column in (c for c in values if c in self.approx):
+            a = sql.SQL("{}.{}").format(sql.Identifier(left), sql.Identifier(column))
+            b = sql.SQL("{}.{}").format(sql.Identifier(right), sql.Identifier(column))
+            tests.append(
+                sql.SQL(
+                    "coalesce(abs({a} - {b}) > {tol} * greatest(abs({a}), abs({b}), 1), ({a} IS NULL) <> ({b} IS NULL))"
+                ).format(a=a, b=b, tol=sql.Literal(self.rel_tolerance))
+            )
+        return sql.SQL("({})").format(sql.SQL(" OR ").join(tests))
 
     def empty_between(self, conn: psycopg.Connection[Any], low: datetime, high: datetime) -> bool:
         query = sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {} WHERE {col} >= %s AND {col} < %s)").format(
@@ -416,28 +456,26 @@ class UpsertTarget(WriteTarget):
         _stage(cur, stage, self.columns, lines)
         values = [c for c in self.columns if c not in self.key]
         target, staged = sql.Identifier(self.table), sql.Identifier(stage)
-
-        def row(alias: str) -> sql.Composable:
-            return sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c)) for c in values)
-
         if dry_run:
             query = sql.SQL(
                 "SELECT count(*) FILTER (WHERE t.{first} IS NULL), "
-                "count(*) FILTER (WHERE t.{first} IS NOT NULL AND ({s}) IS DISTINCT FROM ({t})), count(*) "
+                "count(*) FILTER (WHERE t.{first} IS NOT NULL AND {differs}), count(*) "
                 "FROM {staged} s LEFT JOIN {target} t ON {join}"
             ).format(
                 first=sql.Identifier(self.key[0]),
-                s=row("s"),
-                t=row("t"),
+                differs=self.differs("s", "t"),
                 staged=staged,
                 target=target,
                 join=sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(k)) for k in self.key),
             )
         else:
             cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
+            updates = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in values]
+            if self.stamp_column is not None:
+                updates.append(sql.SQL("{} = now()").format(sql.Identifier(self.stamp_column)))
             query = sql.SQL(
                 "WITH merged AS (INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {staged} "
-                "ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE ({t}) IS DISTINCT FROM ({excluded}) "
+                "ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE {differs} "
                 # xmax is 0 on a freshly inserted row version, the updating transaction's id otherwise.
                 "RETURNING (t.xmax = 0) AS inserted) "
                 "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), "
@@ -447,9 +485,8 @@ class UpsertTarget(WriteTarget):
                 cols=cols,
                 staged=staged,
                 key=sql.SQL(", ").join(map(sql.Identifier, self.key)),
-                updates=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in values),
-                t=row("t"),
-                excluded=row("excluded"),
+                updates=sql.SQL(", ").join(updates),
+                differs=self.differs("t", "excluded"),
             )
         cur.execute(query)
         found = cur.fetchone()
@@ -513,6 +550,50 @@ class AlertTarget(WriteTarget):
         assert found is not None
         new, total = int(found[0]), int(found[1])
         return TargetCounts(new=new, unchanged=total - new)
+
+
+@dataclass(frozen=True)
+class FoldTarget(WriteTarget):
+    """Rows of `table`, by `key`, marked done: `stamp_column` set to now() where it is still NULL.
+
+    The weather backfill marks the late readings it summed into their windows as folded. It is
+    written after the summary target, in the same transaction, so a reading is never marked
+    folded unless its window's rows were rewritten with it. Counts: changed = marked by this
+    write, unchanged = marked before (or gone).
+    """
+
+    kind: str
+    target: str
+    table: str
+    key: tuple[str, ...]
+    stamp_column: str
+
+    def write(self, cur: psycopg.Cursor[Any], lines: pa.ChunkedArray, dry_run: bool, fresh: bool) -> TargetCounts:
+        stage = f"_backfill_{self.table}"
+        table, staged, stamp = sql.Identifier(self.table), sql.Identifier(stage), sql.Identifier(self.stamp_column)
+        cur.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA"
+            ).format(staged, sql.SQL(", ").join(map(sql.Identifier, self.key)), table)
+        )
+        _stage(cur, stage, self.key, lines)
+        match = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(k)) for k in self.key)
+        if dry_run:
+            query = sql.SQL(
+                "SELECT (SELECT count(*) FROM {table} t JOIN {staged} s ON {match} WHERE t.{stamp} IS NULL), "
+                "(SELECT count(*) FROM {staged})"
+            ).format(table=table, staged=staged, match=match, stamp=stamp)
+        else:
+            query = sql.SQL(
+                "WITH marked AS (UPDATE {table} t SET {stamp} = now() FROM {staged} s "
+                "WHERE {match} AND t.{stamp} IS NULL RETURNING 1) "
+                "SELECT (SELECT count(*) FROM marked), (SELECT count(*) FROM {staged})"
+            ).format(table=table, staged=staged, match=match, stamp=stamp)
+        cur.execute(query)
+        found = cur.fetchone()
+        assert found is not None
+        marked, total = int(found[0]), int(found[1])
+        return TargetCounts(changed=marked, unchanged=total - marked)
 
 
 # One connection per Python worker: workers are reused across tasks and chunks.
@@ -636,6 +717,11 @@ class PipelineBackfill(ABC):
     def write_targets(self, targets: Sequence[str]) -> tuple[WriteTarget, ...]:
         """The table targets of the chosen targets, in the order a partition writes them."""
 
+    @classmethod
+    def check_range(cls, pipeline: Pipeline, start: datetime, end: datetime) -> None:
+        """Refuses a range this backfill cannot recompute exactly, saying what to choose (any, here)."""
+        return None
+
     def document_kind(self, targets: Sequence[str]) -> str | None:
         """The kind of lines that are Elasticsearch bulk documents, when `es` is a target."""
         return ES if ES in targets else None
@@ -754,11 +840,112 @@ class UserEventsBackfill(PipelineBackfill):
         return lines
 
 
-# Backfills by pipeline name. Extension point: the weather pipeline joins here once its streaming
-# job and transforms exist, as a `WeatherBackfill(PipelineBackfill)` that recomputes hourly
-# averages with the late readings folded in (`weather_summary`, `weather_late_readings`), with its
-# own target names added to TARGETS and its `targets` declaring which it supports.
-BACKFILLS: dict[str, type[PipelineBackfill]] = {"user_events": UserEventsBackfill}
+# The weather backfill's second count: late readings it folded into their windows' summaries.
+LATE_READINGS = "late_readings"
+HOUR = timedelta(hours=1)
+
+
+class WeatherBackfill(PipelineBackfill):
+    """weather: hourly summaries per station and over all stations from every raw reading, late
+    ones included; the late readings of the rewritten windows are marked folded.
+
+    Only the summaries target: rewriting a window from all its readings and folding its late
+    readings are one act (either alone would leave `weather_late_readings` saying something
+    untrue about `weather_summary`).
+    """
+
+    targets = (SUMMARIES,)
+    # A reading's position in its topic: how the late-readings table names it.
+    POSITION = ("topic", "kafka_partition", "kafka_offset")
+
+    def __init__(self, spark: SparkSession, settings: Settings, pipeline: Pipeline, platform: PlatformNames) -> None:
+        super().__init__(spark, settings, pipeline, platform)
+        tables = pipeline.tables
+        if tables.summary is None or tables.late is None or len(pipeline.windows) != 1:
+            raise ValueError(f"pipeline {pipeline.name} lacks the summary, late table or its one window")
+        self.window = pipeline.windows[0]
+        if self.window.slide_s is not None or HOUR.total_seconds() % self.window.duration_s:
+            raise ValueError(
+                f"{pipeline.name}: window {self.window.name} does not tile an hour; the backfill's hour-aligned "
+                "chunks would cut it"
+            )
+        self.summary_table, self.late_table = tables.summary, tables.late
+
+    @classmethod
+    def check_range(cls, pipeline: Pipeline, start: datetime, end: datetime) -> None:
+        def whole_hour(at: datetime) -> bool:
+            return at == at.replace(minute=0, second=0, microsecond=0)
+
+        if not (whole_hour(start) and whole_hour(end)):
+            floor = start.replace(minute=0, second=0, microsecond=0)
+            ceil = end.replace(minute=0, second=0, microsecond=0)
+            ceil += HOUR if ceil < end else timedelta(0)
+            raise ValueError(
+                f"{pipeline.name} summaries are hourly windows, so the range must start and end on whole hours "
+                f"(UTC): a window cut by the range would be recomputed from part of its readings; choose "
+                f"{floor.isoformat()} to {ceil.isoformat()}"
+            )
+
+    @property
+    def margin(self) -> timedelta:
+        # Tumbling windows tile each hour and chunks are whole hours (check_range): a chunk's
+        # windows lie inside it, so its own readings are all they need.
+        return timedelta(0)
+
+    def read_columns(self, targets: Sequence[str]) -> list[str]:
+        return [*self.POSITION, "event_ts", "station_id", *WT.MEASURES]
+
+    def write_targets(self, targets: Sequence[str]) -> tuple[WriteTarget, ...]:
+        # The summary rows first: a partition's fold is written only after its windows' rows.
+        return (
+            UpsertTarget(
+                "summary",
+                SUMMARIES,
+                self.summary_table,
+                WT.SUMMARY_COLUMNS,
+                WT.SUMMARY_KEY,
+                "window_start",
+                approx=tuple(f"sum_{m}" for m in WT.MEASURES),
+                stamp_column="updated_at",
+            ),
+            FoldTarget("fold", LATE_READINGS, self.late_table, self.POSITION, "folded_at"),
+        )
+
+    def late_readings(self, low: datetime, high: datetime) -> DataFrame:
+        """Positions of the late readings of [low, high) not folded yet (one JDBC query, few rows)."""
+        url, properties = jdbc_url(self.settings.pg_url)
+        window = f"event_ts >= '{low.isoformat()}'::timestamptz AND event_ts < '{high.isoformat()}'::timestamptz"
+        return self.spark.read.jdbc(
+            url, self.late_table, predicates=[f"folded_at IS NULL AND {window}"], properties=properties
+        ).select(*self.POSITION, "event_ts")
+
+    def lines(self, events: DataFrame, chunk: Chunk, request: BackfillRequest) -> DataFrame:
+        key = [*self.POSITION, "event_ts"]
+        late = self.late_readings(chunk.lo, chunk.hi).withColumn("_late", F.lit(True))
+        # Fold exactly the late readings that this read of the raw table summed: the flag rides on
+        # each raw row through the one aggregation, so a late reading committed after its hour
+        # was read stays unfolded for the next backfill.
+        flagged = events.join(F.broadcast(late), key, "left")
+        position = F.struct(*(F.col(c) for c in self.POSITION))
+        windows = WT.summary_sums(
+            flagged, self.window, F.collect_list(F.when(F.col("_late"), position)).alias("_folded")
+        )
+        summary = F.struct(F.lit("summary").alias(KIND), copy_line(windows.schema, WT.SUMMARY_COLUMNS).alias(LINE))
+        # Each late reading once: from its window's row over all stations.
+        none = F.array().cast(windows.schema["_folded"].dataType)
+        folded = F.transform(
+            F.when(F.col("station_id") == WT.ALL_STATIONS, F.col("_folded")).otherwise(none),
+            lambda p: F.struct(
+                F.lit("fold").alias(KIND), csv_line(p["topic"], p["kafka_partition"], p["kafka_offset"]).alias(LINE)
+            ),
+        )
+        lines = windows.select("window_start", F.inline(F.concat(F.array(summary), folded)))
+        # A window's rows and folds in one Spark partition: one transaction writes them all.
+        return lines.repartition("window_start").select(KIND, LINE)
+
+
+# Backfills by pipeline name; the DAG's and the command line's choice of pipelines follows it.
+BACKFILLS: dict[str, type[PipelineBackfill]] = {"user_events": UserEventsBackfill, "weather": WeatherBackfill}
 
 
 def backfill_pipelines() -> list[str]:
@@ -983,12 +1170,14 @@ def run_backfill(
         counts = hour_rows(settings, entry, request.start, request.end)
         chunks = plan_chunks(request.start, request.end, counts, rows_per_chunk, backfill.margin)
         report.rows_planned = sum(counts.values())
+        for written in backfill.write_targets(request.targets):  # reported even when nothing is found
+            report.targets.setdefault(written.target, TargetCounts())
         runs.update(report)
         progress.begin(report, len(chunks))
         for chunk in chunks:
             chunk_started = time.monotonic()
             for target, done in _run_chunk(spark, settings, backfill, chunk, request, progress).items():
-                report.targets[target].add(done)
+                report.targets.setdefault(target, TargetCounts()).add(done)
             report.rows_read += chunk.rows
             report.chunks += 1
             report.seconds = time.monotonic() - started
@@ -1095,7 +1284,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--pipeline", required=True, choices=backfill_pipelines(), help="catalog pipeline")
     parser.add_argument("--start", required=True, help="range start (inclusive), ISO 8601 with zone: 2026-11-23T00:00Z")
     parser.add_argument("--end", required=True, help="range end (exclusive), ISO 8601 with zone")
-    parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated: {','.join(TARGETS)}")
+    parser.add_argument(
+        "--targets",
+        default=None,
+        help=f"comma-separated: {','.join(TARGETS)} (default: every target the pipeline's backfill has)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="report what would change, write nothing")
     parser.add_argument("--requested-by", default=None, help="recorded with the run (e.g. the Airflow run)")
     parser.add_argument(
@@ -1128,8 +1321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("py4j").setLevel(logging.WARNING)
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        targets = args.targets if args.targets is not None else BACKFILLS[args.pipeline].targets
         request = BackfillRequest.parse(
-            args.pipeline, args.start, args.end, args.targets, args.dry_run, args.requested_by or "cli"
+            args.pipeline, args.start, args.end, targets, args.dry_run, args.requested_by or "cli"
         )
     except ValueError as error:
         print(f"backfill: {error}", file=sys.stderr)

@@ -185,6 +185,6 @@ class PostgresBatch:
                 + "; the batch is rolled back and will be retried from the checkpoint"
             ) from exc
 
-    def execute(self, statement: sql.Composable | str, params: Sequence[Any] | None = None) -> int:
+    def execute(self, statement: sql.Composable | str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> int:
         self._cur.execute(statement, params)  # type: ignore[arg-type]
         return self._cur.rowcount

@@ -1,7 +1,9 @@
 """weather transformations: pure `DataFrame -> DataFrame` functions (streaming and backfill).
 
 Readings are validated against the catalog's physical bounds, then averaged per station and
-overall over the catalog's hourly windows. Nothing here reads or writes outside Spark.
+overall over the catalog's hourly windows (`hourly_summary`, `overall_summary`), or summed into
+the summary table's stored columns (`summary_sums`, which the backfill writes). Nothing here
+reads or writes outside Spark.
 """
 
 from __future__ import annotations
@@ -53,6 +55,16 @@ READING_COLUMNS = (
 MEASURES = ("temperature", "humidity", "wind_speed")
 # The summary row over every station of a window.
 ALL_STATIONS = "*"
+# The stored columns of the summary table, in its order (the averages are generated from them).
+SUMMARY_KEY = ("station_id", "window_seconds", "window_start")
+SUMMARY_COLUMNS = (
+    *SUMMARY_KEY,
+    "reading_count",
+    *(f"{stat}_{m}" for m in MEASURES for stat in ("sum", "min", "max")),
+)
+# Sums are added up as decimals: exact, so the same readings give the same bits whatever the
+# order Spark adds them in (18 places hold every double of the catalog's bounds as it prints).
+_EXACT_SUM = "decimal(38,18)"
 # schema_of_variant names of JSON numbers: integers, decimals (12.5 is DECIMAL(3,1)), doubles.
 _NUMBER_TYPE = r"^(TINYINT|SMALLINT|INT|BIGINT|FLOAT|DOUBLE|DECIMAL)"
 _MAX_STATION_ID = 64
@@ -215,3 +227,35 @@ def overall_summary(readings: DataFrame, window: Window) -> DataFrame:
 
 def _summary_values() -> list[str]:
     return ["reading_count", *(f"{s}_{m}" for m in MEASURES for s in ("avg", "min", "max"))]
+
+
+def summary_sums(readings: DataFrame, window: Window, *extra: Column) -> DataFrame:
+    """Per station and window, and over all stations (`ALL_STATIONS`): the summary table's stored
+    columns (`SUMMARY_COLUMNS`: count, sum, min and max of every measure), then `extra`.
+
+    `extra` are further aggregates over the same groups (the backfill collects each window's late
+    readings with its sums). One aggregation over grouping sets: every reading is read once, and
+    the overall row agrees with the station rows. Batch DataFrames only (no watermark), tumbling
+    windows only.
+    """
+    if window.slide_s is not None:
+        raise ValueError(f"summary_sums needs a tumbling window, not {window.name}: a reading would count twice")
+    stats = [F.count("*").alias("reading_count")]
+    for m in MEASURES:
+        stats += [
+            F.sum(F.col(m).cast(_EXACT_SUM)).cast("double").alias(f"sum_{m}"),
+            F.min(m).alias(f"min_{m}"),
+            F.max(m).alias(f"max_{m}"),
+        ]
+    windowed = readings.withColumn("window_start", F.window("event_ts", window.spark_duration).start)
+    grouped = windowed.groupingSets([["window_start", "station_id"], ["window_start"]], "window_start", "station_id")
+    summed = grouped.agg(*stats, *extra)
+    extra_names = summed.columns[2 + len(stats) :]
+    return summed.select(
+        # station_id is null only in the rows over all stations (the raw column is NOT NULL).
+        F.coalesce("station_id", F.lit(ALL_STATIONS)).alias("station_id"),
+        F.lit(window.duration_s).alias("window_seconds"),
+        "window_start",
+        *SUMMARY_COLUMNS[3:],
+        *extra_names,
+    )

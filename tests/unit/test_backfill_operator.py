@@ -78,7 +78,7 @@ def test_a_trigger_needs_only_the_range_and_gets_typed_defaults(dag_params: Any)
 @pytest.mark.parametrize(
     "bad",
     [
-        {"pipeline": "weather"},  # in the catalog, but without a backfill
+        {"pipeline": "app_logs"},  # in the catalog, but without a backfill
         {"pipeline": "clicks"},
         {"start": "yesterday"},
         {"start": "2026-11-22T00:00:00"},  # no zone
@@ -248,7 +248,7 @@ def test_a_job_that_dies_without_a_summary_fails_with_its_last_lines(
         ({"start": "yesterday"}, "not an ISO 8601 instant"),
         ({"targets": ["raw"]}, "unknown backfill target"),
         ({"end": datetime.now(UTC).isoformat()}, "may still be writing"),
-        ({"pipeline": "weather"}, "weather has no backfill yet"),
+        ({"pipeline": "app_logs"}, "app_logs has no backfill yet"),
     ],
 )
 def test_an_invalid_request_fails_at_once_without_submitting(

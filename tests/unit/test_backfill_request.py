@@ -17,7 +17,7 @@ from spark_jobs.batch.backfill import (
     parse_instant,
     parse_targets,
 )
-from tributary.catalog import PIPELINES, USER_EVENTS, WEATHER
+from tributary.catalog import APP_LOGS, PIPELINES, USER_EVENTS
 
 NOW = datetime(2026, 11, 23, 14, 0, tzinfo=UTC)
 
@@ -139,9 +139,11 @@ def test_a_range_older_than_the_hot_retention_is_refused() -> None:
 
 
 def test_pipelines_without_a_backfill_or_a_target_are_refused() -> None:
-    weather = BackfillRequest("weather", NOW - timedelta(hours=5), NOW - timedelta(hours=2), ("summaries",))
-    with pytest.raises(ValueError, match="pipeline weather has no backfill yet; pipelines with one: user_events"):
-        weather.check(WEATHER, NOW)
+    app_logs = BackfillRequest("app_logs", NOW - timedelta(hours=5), NOW - timedelta(hours=2), ("summaries",))
+    with pytest.raises(
+        ValueError, match="pipeline app_logs has no backfill yet; pipelines with one: user_events, weather"
+    ):
+        app_logs.check(APP_LOGS, NOW)
 
 
 def test_a_target_the_pipeline_does_not_backfill_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,7 +154,7 @@ def test_a_target_the_pipeline_does_not_backfill_is_refused(monkeypatch: pytest.
 
 
 def test_backfill_pipelines_are_the_catalog_entries_that_have_one() -> None:
-    assert backfill_pipelines() == ["user_events"]
+    assert backfill_pipelines() == ["user_events", "weather"]
     assert set(backfill_pipelines()) <= set(PIPELINES)
 
 
@@ -182,7 +184,8 @@ def test_job_args_make_the_same_request_again() -> None:
 
 def test_the_command_line_knows_only_pipelines_with_a_backfill(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        parse_args(["--pipeline", "weather", "--start", "2026-11-23", "--end", "2026-11-24"])
+        parse_args(["--pipeline", "app_logs", "--start", "2026-11-23", "--end", "2026-11-24"])
     assert exited.value.code == 2
-    assert "invalid choice: 'weather'" in capsys.readouterr().err
-    assert parse_args(["--pipeline", "user_events", "--start", "a", "--end", "b"]).targets == ",".join(TARGETS)
+    assert "invalid choice: 'app_logs'" in capsys.readouterr().err
+    # Without --targets, every target of the pipeline's backfill (main() fills them in).
+    assert parse_args(["--pipeline", "user_events", "--start", "a", "--end", "b"]).targets is None
