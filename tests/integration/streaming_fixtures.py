@@ -94,6 +94,6 @@ def prepare(settings: Settings, pipeline: Pipeline, platform: PlatformNames) -> 
 def scalar(settings: Settings, query: str, *params: Any) -> Any:
     """The first column of the first row of `query`."""
     with pg_connect(settings.pg_url) as conn:
-        row = conn.execute(query, params).fetchone()
+        row = conn.execute(query, params or None).fetchone()
     assert row is not None, query
     return row[0]
