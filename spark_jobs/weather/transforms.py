@@ -149,7 +149,10 @@ def parse_readings(kafka_rows: DataFrame, pipeline: Pipeline) -> DataFrame:
             RULE_STATION,
             when_present(
                 "station_id",
-                (F.length(F.trim("_s_station_id")) > 0) & (F.length("_s_station_id") <= _MAX_STATION_ID),
+                (F.length(F.trim("_s_station_id")) > 0)
+                & (F.length("_s_station_id") <= _MAX_STATION_ID)
+                # '*' names the all-stations row of the summary.
+                & (F.col("_s_station_id") != ALL_STATIONS),
             ),
         ),
         _failed(RULE_TS_PARSE, when_present("timestamp", event_ts.isNotNull())),

@@ -35,6 +35,8 @@ CREATE TABLE weather_readings (
 ) PARTITION BY RANGE (event_ts);
 CREATE INDEX weather_readings_station_ts_idx ON weather_readings (station_id, event_ts);
 CREATE INDEX weather_readings_event_ts_brin ON weather_readings USING brin (event_ts);
+-- Reconciliation charges offsets to hours by broker time (as 0004 does for user_events).
+CREATE INDEX weather_readings_kafka_ts_brin ON weather_readings USING brin (kafka_timestamp);
 
 -- Hourly statistics per station, and over all stations (station_id '*'). Sums are kept so a
 -- batch adds its readings to a window exactly once; the averages are derived from them.
@@ -107,6 +109,7 @@ CREATE TABLE app_log_events (
 ) PARTITION BY RANGE (event_ts);
 -- The per-minute statistics are recomputed from a minute's rows.
 CREATE INDEX app_log_events_event_ts_idx ON app_log_events (event_ts);
+CREATE INDEX app_log_events_kafka_ts_brin ON app_log_events USING brin (kafka_timestamp);
 
 -- Per minute and endpoint (method + path template); method '*' / path '*' is every request.
 CREATE TABLE app_log_minute_stats (

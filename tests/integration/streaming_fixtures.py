@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -97,3 +99,22 @@ def scalar(settings: Settings, query: str, *params: Any) -> Any:
         row = conn.execute(query, params or None).fetchone()
     assert row is not None, query
     return row[0]
+
+
+def kill_twice_then_finish(
+    pipeline: Pipeline, log: Path, args: tuple[str, ...], rows: Callable[[], int], expected_rows: int
+) -> list[int]:
+    """SIGKILLs the spark-submitted driver twice mid-run (each time after 2,000 more rows landed),
+    then runs it to the end of the topic (`--available-now`); returns the row counts at the kills."""
+    landed_before_kill = []
+    for _ in range(2):
+        floor = rows()
+        driver = start_driver(pipeline, log, *args)
+        wait_for(lambda floor=floor: rows() > floor + 2_000, 240, "batches landed", log, driver)
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+        landed_before_kill.append(rows())
+    assert landed_before_kill[-1] < expected_rows, "the second kill must come before the end, or the test proves little"
+    finish = start_driver(pipeline, log, *args, "--available-now")
+    assert finish.wait(600) == 0, log.read_text(errors="replace")[-3000:]
+    return landed_before_kill

@@ -7,9 +7,7 @@ per-minute statistics are checked against a recomputation in Python from the raw
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import signal
 import uuid
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
@@ -23,11 +21,10 @@ from spark_jobs.app_logs.job import AppLogsJob
 from spark_jobs.streaming_job import JobOptions
 from tests.integration.streaming_fixtures import (  # noqa: F401 - fixture
     isolated,
+    kill_twice_then_finish,
     prepare,
     private_settings,
     scalar,
-    start_driver,
-    wait_for,
 )
 from tests.integration.test_user_events_job import send, topic_messages
 from tributary.catalog import APP_LOGS, PLATFORM, Pipeline, PlatformNames
@@ -176,18 +173,7 @@ def test_sigkilled_app_logs_driver_restarts_without_loss_or_duplicates(
         return int(scalar(settings, "SELECT count(*) FROM app_log_events"))
 
     args = ("--max-offsets-per-trigger", "2000", "--trigger-interval", "1")
-    landed_before_kill = []
-    for _ in range(2):
-        floor = raw_rows()
-        driver = start_driver(APP_LOGS, log, *args)
-        wait_for(lambda floor=floor: raw_rows() > floor + 2_000, 240, "batches landed", log, driver)
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(30)
-        landed_before_kill.append(raw_rows())
-    assert landed_before_kill[-1] < valid, "the second kill must come before the end, or the test proves little"
-
-    finish = start_driver(APP_LOGS, log, *args, "--available-now")
-    assert finish.wait(600) == 0, log.read_text(errors="replace")[-3000:]
+    landed_before_kill = kill_twice_then_finish(APP_LOGS, log, args, raw_rows, valid)
 
     assert raw_rows() == valid
     assert scalar(settings, "SELECT count(*) FROM dead_letters") == invalid

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,11 @@ import pytest
 from pyspark.sql import SparkSession
 
 from spark_jobs.user_events.job import JobOptions, UserEventsJob
-from tests.integration.streaming_fixtures import private_settings, start_driver, wait_for  # noqa: F401 - fixture
+from tests.integration.streaming_fixtures import (  # noqa: F401 - fixture
+    kill_twice_then_finish,
+    private_settings,
+    start_driver,
+)
 from tests.integration.test_user_events_job import (
     isolated,
     prepare,
@@ -58,18 +61,7 @@ def test_sigkilled_driver_restarts_from_its_checkpoint_without_loss_or_duplicate
         return int(scalar(settings, "SELECT count(*) FROM user_events"))
 
     args = ("--max-offsets-per-trigger", "3000", "--trigger-interval", "1")
-    landed_before_kill = []
-    for _ in range(2):
-        floor = raw_rows()
-        driver = start_driver(USER_EVENTS, log, *args)
-        wait_for(lambda floor=floor: raw_rows() > floor + 2_000, 240, "batches landed", log, driver)
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(30)
-        landed_before_kill.append(raw_rows())
-    assert landed_before_kill[-1] < valid, "the second kill must come before the end, or the test proves little"
-
-    finish = start_driver(USER_EVENTS, log, *args, "--available-now")
-    assert finish.wait(600) == 0, log.read_text(errors="replace")[-3000:]
+    landed_before_kill = kill_twice_then_finish(USER_EVENTS, log, args, raw_rows, valid)
     # One event 3 minutes later moves the watermark past every window, so all of them close.
     clock = list(
         generate_events(1, seed=22, start=events[-1].event_time + timedelta(minutes=3), events_per_s=1, mix=EventMix())

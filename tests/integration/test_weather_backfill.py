@@ -19,7 +19,7 @@ from pyspark.sql import SparkSession
 from spark_jobs.batch.backfill import LATE_READINGS, SUMMARIES, BackfillReport, BackfillRequest, run_backfill
 from tests.integration.streaming_fixtures import isolated, prepare, scalar
 from tests.integration.test_user_events_job import send
-from tests.integration.test_weather_job import run_job
+from tests.integration.test_weather_job import SUMMARY_DIFFERENCES, run_job
 from tributary.catalog import WEATHER, Pipeline, PlatformNames
 from tributary.clients import pg_connect
 from tributary.producers.weather import ReadingMix, generate_readings
@@ -29,40 +29,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 HOUR = timedelta(hours=1)
 STATIONS = 12
-
-# Stored summary rows that differ from a recomputation over the raw readings the summary should
-# hold: all of them but the late ones not folded yet (per station and over all stations), and
-# recomputed rows missing from the summary. Sums within the backfill's tolerance count as equal.
-SUMMARY_DIFFERENCES = """
-WITH counted AS (
-    SELECT r.* FROM weather_readings r
-    WHERE NOT EXISTS (
-        SELECT 1 FROM weather_late_readings l
-        WHERE l.folded_at IS NULL
-          AND (l.topic, l.kafka_partition, l.kafka_offset) = (r.topic, r.kafka_partition, r.kafka_offset)
-    )
-), recomputed AS (
-    SELECT coalesce(station_id, '*') AS station_id,
-           date_bin('1 hour', event_ts, '1970-01-01 00:00:00+00') AS window_start,
-           count(*) AS n,
-           sum(temperature) AS sum_t, min(temperature) AS min_t, max(temperature) AS max_t,
-           sum(humidity) AS sum_h, min(humidity) AS min_h, max(humidity) AS max_h,
-           sum(wind_speed) AS sum_w, min(wind_speed) AS min_w, max(wind_speed) AS max_w
-    FROM counted
-    GROUP BY GROUPING SETS ((station_id, 2), (2))
-)
-SELECT count(*) FROM recomputed c
-FULL JOIN (SELECT * FROM weather_summary WHERE window_seconds = 3600) s
-    ON s.station_id = c.station_id AND s.window_start = c.window_start
-WHERE s.station_id IS NULL OR c.station_id IS NULL
-   OR s.reading_count <> c.n
-   OR abs(s.sum_temperature - c.sum_t) > 1e-9 * greatest(abs(c.sum_t), 1)
-   OR abs(s.sum_humidity - c.sum_h) > 1e-9 * greatest(abs(c.sum_h), 1)
-   OR abs(s.sum_wind_speed - c.sum_w) > 1e-9 * greatest(abs(c.sum_w), 1)
-   OR s.min_temperature <> c.min_t OR s.max_temperature <> c.max_t
-   OR s.min_humidity <> c.min_h OR s.max_humidity <> c.max_h
-   OR s.min_wind_speed <> c.min_w OR s.max_wind_speed <> c.max_w
-"""
 
 
 def execute(settings: Settings, statement: str, *params: Any) -> int:

@@ -56,6 +56,8 @@ INVALID_KINDS: dict[str, tuple[str, Callable[[dict[str, Any], random.Random], by
     "bad_timestamp": ("timestamp_parseable", lambda d, r: _bad(d, timestamp="yesterday noon")),
     "future_timestamp": ("timestamp_not_future", lambda d, r: _bad(d, timestamp="2099-01-01T00:00:00Z")),
     "empty_station": ("station_id_present", lambda d, r: _bad(d, station_id="")),
+    # '*' is the summary's all-stations row; a station must not claim it.
+    "reserved_station": ("station_id_present", lambda d, r: _bad(d, station_id="*")),
 }
 
 
