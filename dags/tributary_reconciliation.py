@@ -6,13 +6,19 @@ catalog's `batch.reconcile_delay_hours` plus the window watermark) not checked y
 
 - **kafka_raw**: per topic partition, every offset the job committed is exactly one raw row or one
   dead letter (gaps and surplus listed as offset ranges);
-- **raw_es**: documents per hour in Elasticsearch versus raw rows (missing ids listed);
-- **raw_summaries**: windows recomputed from raw with the streaming code versus the summary table.
+- **raw_es**: documents per hour in Elasticsearch versus raw rows (missing ids listed): user_events
+  and app_logs; weather indexes nothing and is skipped with that reason;
+- **raw_summaries**: windows recomputed from raw versus the summary table: user_events with the
+  streaming code in Spark; weather per station and hour in SQL (unfolded late readings left out,
+  sums within 1e-9); app_logs minute statistics with the job's own SQL statement.
 
 Each pipeline and hour is one row of `reconciliation_runs` with its results in
 `reconciliation_results`. A mismatch fails this DAG run with a readable summary and, where the
-catalog allows (`batch.auto_backfill`), triggers `tributary_backfill` for exactly the affected
-range (target `summaries` or `es`). Kafka gaps cannot be rebuilt from raw: they are reported.
+catalog allows (`batch.auto_backfill`) and the pipeline's backfill has the target, triggers
+`tributary_backfill` for exactly the affected range (target `summaries` or `es`; weather:
+`summaries` of whole hours). app_logs has no backfill: its summary says how to fix (the minute
+statistics: `python -m spark_jobs.batch.reconcile --pipeline app_logs --start ... --end ...
+--recompute-summaries`). Kafka gaps cannot be rebuilt from raw: they are reported.
 
 Trigger by hand with **pipeline** (`all` or one catalog pipeline) and optionally an hour range
 **start** / **end** (ISO date-times, UTC; rounded out to whole hours; hours not closed yet are left out).

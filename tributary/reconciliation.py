@@ -19,13 +19,21 @@ One run checks one pipeline and one closed hour (UTC) and stores what it compare
   when the counts differ, per-minute histograms of both narrow it down and the document ids
   (`{topic}-{partition}-{offset}`) of the differing minutes are compared, so small mismatches
   list the exact missing (and surplus) ids.
-- **raw_summaries** (Spark, `spark_jobs/batch/reconcile_summaries.py`): windows recomputed from
-  raw with the streaming job's own transformation versus the summary table.
+- **raw_summaries** (`spark_jobs/batch/reconcile_summaries.py`): windows recomputed from raw
+  versus the summary table (user_events in Spark with the streaming transformation; weather and
+  app_logs in SQL, as their jobs aggregate).
+
+Each pipeline's job names the streaming query that stores its raw rows (`RAW_QUERIES`); that
+query's heartbeats carry the committed end offsets. A mismatch carries the backfill that repairs
+it only where the pipeline's backfill has that target (the caller says which); otherwise its
+`fix` says what a person does.
 
 Costs: the Kafka check reads one hour of positions through a BRIN index on the broker timestamp
 (migration 0004) plus two index probes per partition (measured: 0.2 s for an hour of 36k positions
 in a 2.6M-row table over three day partitions); the ES check is two counts per hour unless they
-differ.
+differ. `weather_readings` and `app_log_events` have no such index yet (migration 0007), so their
+hour is found by a scan of every hot day partition: 0.25 s at 2.6M rows (0.06 s with the BRIN
+index), growing with the table. The SQL summary checks take 0.1-0.2 s for an hour of 36k rows.
 
 Hours are only checked once *closed*: older than the catalog's `batch.reconcile_delay_hours` plus
 the largest window watermark. Hours whose raw partitions are past `batch.hot_retention_days`
@@ -36,7 +44,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -55,6 +63,8 @@ RAW_ES = "raw_es"
 RAW_SUMMARIES = "raw_summaries"
 CHECKS = (KAFKA_RAW, RAW_ES, RAW_SUMMARIES)
 
+# What a backfill can redo for reconciliation: the `targets` of the backfill DAG it triggers.
+BACKFILL_TARGETS = ("summaries", "es")
 Outcome = Literal["ok", "mismatch", "skipped"]
 RunState = Literal["running", "passed", "failed", "error"]
 OffsetRange = tuple[int, int]  # first and last offset, both included
@@ -70,7 +80,14 @@ MAX_HOURS_PER_RUN = 24
 
 # The Elasticsearch index family holding one document per raw row, and its event-time field, per
 # pipeline. Pipelines not listed here have no raw <-> Elasticsearch check.
-EVENT_INDICES: Mapping[str, tuple[str, str]] = {"user_events": ("events", "event_ts")}
+EVENT_INDICES: Mapping[str, tuple[str, str]] = {
+    "user_events": ("events", "event_ts"),
+    "app_logs": ("logs", "timestamp"),
+}
+# The streaming query of each pipeline's job that stores the raw rows and dead letters (the jobs'
+# query names; a unit test holds them to the job modules). Its heartbeats' end offsets bound the
+# Kafka check.
+RAW_QUERIES: Mapping[str, str] = {"user_events": "raw", "weather": "readings", "app_logs": "logs"}
 # The raw tables' event-time column (their partition key).
 RAW_EVENT_TIME = "event_ts"
 
@@ -109,6 +126,8 @@ class CheckResult:
     actual: int | None = None
     detail: Mapping[str, Any] = field(default_factory=dict)
     backfill: BackfillRange | None = None
+    # For a mismatch no backfill repairs: what a person does about it.
+    fix: str | None = None
 
     @property
     def mismatch(self) -> bool:
@@ -157,6 +176,8 @@ class HourReport:
                 "  backfill needed: "
                 + "; ".join(f"{b.target} {_range_text(b.start, b.end)}" for b in _merge_ranges(repairs))
             )
+        fixes = dict.fromkeys(r.fix for r in self.mismatches if r.fix is not None and r.backfill is None)
+        lines += [f"  to fix by hand: {fix}" for fix in fixes]
         if kafka_gaps:
             lines.append(
                 "  Kafka offsets missing from raw cannot be rebuilt from raw: re-consume them from the topic "
@@ -418,17 +439,19 @@ ORDER BY recorded_at DESC, batch_id DESC LIMIT 1
 def committed_end_offsets(
     conn: psycopg.Connection[Any], pipeline: Pipeline, platform: PlatformNames = PLATFORM
 ) -> dict[int, int] | None:
-    """{partition: next offset} the job's raw query has committed (its latest heartbeat), or None."""
+    """{partition: next offset} the job's raw query (`RAW_QUERIES`) has committed (its latest
+    heartbeat), or None."""
+    query = f"{pipeline.job_name}.{RAW_QUERIES.get(pipeline.name, 'raw')}"
     row = conn.execute(
         _COMMITTED.format(heartbeats=platform.heartbeats_table),
-        {"topic": pipeline.topic.name, "job": pipeline.job_name, "query": f"{pipeline.job_name}.raw"},
+        {"topic": pipeline.topic.name, "job": pipeline.job_name, "query": query},
     ).fetchone()
     if row is None or row[0] is None:
         return None
     offsets = row[0]
     if not isinstance(offsets, Mapping):
         raise ValueError(
-            f"job_heartbeats.end_offsets of {pipeline.job_name}.raw is {offsets!r}, not "
+            f"job_heartbeats.end_offsets of {query} is {offsets!r}, not "
             '{"partition": offset}; the heartbeat listener (spark_jobs/heartbeats.py) writes that form'
         )
     return {int(p): int(o) for p, o in offsets.items()}
@@ -600,11 +623,24 @@ def check_raw_es(
     hour_end: datetime,
     *,
     now: datetime,
+    backfill_targets: Collection[str] = BACKFILL_TARGETS,
 ) -> CheckResult:
-    """The raw_es result of one hour (skipped for pipelines without an event index)."""
+    """The raw_es result of one hour (skipped for pipelines without an event index).
+
+    `backfill_targets`: what the pipeline's backfill can redo; without "es" a mismatch carries a
+    `fix` for a person instead of a backfill range.
+    """
     scope = _range_text(hour_start, hour_end)
     if pipeline.name not in EVENT_INDICES:
-        return CheckResult(RAW_ES, scope, "skipped", f"{pipeline.name} keeps no index of raw events")
+        indices = ", ".join(i.pattern for i in pipeline.indices.values())
+        return CheckResult(
+            RAW_ES,
+            scope,
+            "skipped",
+            f"{pipeline.name} keeps no Elasticsearch document per raw row "
+            + (f"(its indices {indices} hold derived data)" if indices else "(the catalog names no index for it)")
+            + "; nothing to compare",
+        )
     index_key, time_field = EVENT_INDICES[pipeline.name]
     index = pipeline.indices[index_key]
     expired_before = floor_hour(now).replace(hour=0) - timedelta(days=index.retention_days)
@@ -643,8 +679,16 @@ def check_raw_es(
         parts.append(f"not in raw: {_listing(ids.surplus)}")
     if ids.uncompared_minutes:
         parts.append(f"{_plural(len(ids.uncompared_minutes), 'minute')} too large to compare ids")
-    backfill = BackfillRange("es", minutes[0], minutes[-1] + timedelta(minutes=1)) if minutes else None
-    return CheckResult(RAW_ES, scope, "mismatch", "; ".join(parts), raw_count, es_count, detail, backfill)
+    backfill, fix = None, None
+    if "es" in backfill_targets:
+        backfill = BackfillRange("es", minutes[0], minutes[-1] + timedelta(minutes=1)) if minutes else None
+    else:
+        fix = (
+            f"{pipeline.name} has no backfill that writes Elasticsearch (spark_jobs/batch/backfill.py): re-create "
+            f"the missing documents in {index.pattern} from their raw rows under the same ids, and delete the ids "
+            "not in raw"
+        )
+    return CheckResult(RAW_ES, scope, "mismatch", "; ".join(parts), raw_count, es_count, detail, backfill, fix)
 
 
 def _range_query(time_field: str, start: datetime, end: datetime) -> dict[str, Any]:
@@ -878,6 +922,8 @@ def _stored_detail(result: CheckResult) -> dict[str, Any]:
     detail = {**result.detail, "message": result.message}
     if result.backfill is not None:
         detail["backfill"] = result.backfill.to_json()
+    if result.fix is not None:
+        detail["fix"] = result.fix
     return detail
 
 
@@ -887,8 +933,17 @@ def _loaded_result(
     data = dict(detail)
     message = str(data.pop("message", ""))
     backfill = data.pop("backfill", None)
+    fix = data.pop("fix", None)
     return CheckResult(
-        check, scope, outcome, message, expected, actual, data, BackfillRange.from_json(backfill) if backfill else None
+        check,
+        scope,
+        outcome,
+        message,
+        expected,
+        actual,
+        data,
+        BackfillRange.from_json(backfill) if backfill else None,
+        None if fix is None else str(fix),
     )
 
 

@@ -9,15 +9,18 @@ pipeline and hour in `reconciliation_runs`, tagged with the DAG run (`requested_
 the tasks after it find its results: in the database, not in XCom.
 
 `PlanBackfillOperator` turns the mismatches of those runs into `tributary_backfill` runs (one per
-target and merged range) for pipelines whose catalog entry allows it (`batch.auto_backfill`),
-returned as `TriggerDagRunOperator` kwargs for dynamic mapping; `ReconciliationVerdictOperator`
-records which backfills exist and fails the DAG run on any mismatch, with the readable summary.
+target and merged range) for pipelines whose catalog entry allows it (`batch.auto_backfill`) and
+whose backfill has the target (`BACKFILLS`: weather has only summaries, app_logs none; a mismatch
+without a backfill is logged with the fix its run stored), returned as `TriggerDagRunOperator`
+kwargs for dynamic mapping; `ReconciliationVerdictOperator` records which backfills exist and
+fails the DAG run on any mismatch, with the readable summary.
 """
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,11 +28,14 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from spark_jobs import submit as spark_submit
+from spark_jobs.batch.backfill import BACKFILLS
 from spark_jobs.session import POSTGRES_JDBC_JAR
 from tributary.catalog import get_pipeline
 from tributary.clients import pg_connect
 from tributary.reconciliation import (
+    KAFKA_RAW,
     BackfillRequest,
+    CheckResult,
     ReconciliationStore,
     StoredRun,
     backfill_requests,
@@ -102,10 +108,20 @@ def _stored_runs(hook: SparkBatchHook, requested_by: str) -> list[StoredRun]:
         return ReconciliationStore(conn).runs_requested_by(requested_by)
 
 
+def backfillable(run: StoredRun) -> list[CheckResult]:
+    """The run's results, less backfill ranges of targets its pipeline's backfill lacks (the
+    backfill DAG would refuse them; the reconcile job leaves them out already, and says how to
+    fix those by hand)."""
+    backfill = BACKFILLS.get(run.pipeline)
+    targets = backfill.targets if backfill is not None else ()
+    return [r if r.backfill is None or r.backfill.target in targets else replace(r, backfill=None) for r in run.results]
+
+
 def planned_backfills(runs: Sequence[StoredRun]) -> list[BackfillRequest]:
-    """Backfills for the failed runs of pipelines whose catalog entry allows automatic backfills."""
+    """Backfills for the failed runs of pipelines whose catalog entry allows automatic backfills,
+    of the targets their backfill has."""
     eligible = [r for r in runs if r.state == "failed" and get_pipeline(r.pipeline).batch.auto_backfill]
-    return backfill_requests((r.id, r.pipeline, r.results) for r in eligible)
+    return backfill_requests((r.id, r.pipeline, backfillable(r)) for r in eligible)
 
 
 class ReconcileOperator(BaseOperator):
@@ -177,6 +193,17 @@ class PlanBackfillOperator(BaseOperator):
         skipped = [r for r in runs if r.state == "failed" and not get_pipeline(r.pipeline).batch.auto_backfill]
         for run in skipped:
             self.log.info("%s: auto_backfill is off in the catalog; run %s is left for a person", run.pipeline, run.id)
+        for run in runs:
+            for result in run.results:
+                if result.mismatch and result.backfill is None and result.check != KAFKA_RAW:
+                    self.log.info(
+                        "%s run %s: %s %s has no backfill; %s",
+                        run.pipeline,
+                        run.id,
+                        result.check,
+                        result.scope,
+                        result.fix or "see the run's summary",
+                    )
         requests = planned_backfills(runs)
         for request in requests:
             self.log.info(

@@ -2,12 +2,19 @@
 
     spark-submit spark_jobs/batch/reconcile.py --pipeline user_events --start 2026-11-23T10:00Z --end 2026-11-23T12:00Z
     python -m spark_jobs.batch.reconcile --pipeline all          # the hours not checked yet
+    python -m spark_jobs.batch.reconcile --pipeline app_logs --start ... --end ... --recompute-summaries
 
 Every closed hour of the range (or, without a range, the hours after the last one checked up to
 the latest closed hour) becomes one row of `reconciliation_runs` with its results; each hour's
 readable summary is printed. Exit status: 0 when everything agrees, 1 on a mismatch, 3 when a
 check could not run (the run's state is `error` and its summary says why). The checks are
 described in `tributary/reconciliation.py` and `spark_jobs/batch/reconcile_summaries.py`.
+
+A mismatch names the backfill that repairs it only where the pipeline's backfill
+(`spark_jobs/batch/backfill.py`, `BACKFILLS`) has that target; otherwise the summary says how to
+fix it. `--recompute-summaries` first rewrites the range's summaries from raw for pipelines that
+have no backfill but a SQL recomputation (app_logs minute statistics), then checks. Only
+user_events starts Spark; weather and app_logs are checked in SQL.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ import psycopg
 from elasticsearch import Elasticsearch
 from pyspark.sql import SparkSession
 
-from spark_jobs.batch.reconcile_summaries import check_summaries
+from spark_jobs.batch.backfill import BACKFILLS
+from spark_jobs.batch.reconcile_summaries import RECOMPUTE_FLAG, SQL_RECOMPUTES, check_summaries
 from spark_jobs.session import build_session
 from spark_jobs.submit import job_script
 from tributary.catalog import PIPELINES, PLATFORM, Pipeline, PlatformNames, get_pipeline
@@ -129,9 +137,32 @@ class Reconciler:
             committed_ends=committed_end_offsets(conn, pipeline, self.platform),
             platform=self.platform,
         )
-        results.append(check_raw_es(conn, self.es, pipeline, start, end, now=now))
-        results.extend(check_summaries(lambda: self.spark, self.settings, pipeline, start, end))
+        targets = backfill_targets(pipeline)
+        results.append(check_raw_es(conn, self.es, pipeline, start, end, now=now, backfill_targets=targets))
+        results.extend(
+            check_summaries(
+                lambda: self.spark, self.settings, pipeline, start, end, conn=conn, backfill_targets=targets
+            )
+        )
         return results
+
+    def recompute_summaries(self, pipeline: Pipeline, hours: Sequence[tuple[datetime, datetime]]) -> list[str]:
+        """Rewrites the summaries of `hours` from raw where the pipeline has a SQL recomputation
+        (`SQL_RECOMPUTES`); one log line per hour. Raises for other pipelines."""
+        recompute = SQL_RECOMPUTES.get(pipeline.name)
+        if recompute is None:
+            raise ValueError(
+                f"{pipeline.name} summaries have no SQL recomputation (those of {', '.join(sorted(SQL_RECOMPUTES))} "
+                f"do); repair them with the backfill (tributary_backfill, targets summaries)"
+            )
+        with pg_connect(self.settings.pg_url, autocommit=True, application_name="tributary-reconcile") as conn:
+            return [recompute(conn, pipeline, start, end) for start, end in hours]
+
+
+def backfill_targets(pipeline: Pipeline) -> tuple[str, ...]:
+    """What the pipeline's backfill can redo (none when it has no backfill)."""
+    backfill = BACKFILLS.get(pipeline.name)
+    return tuple(backfill.targets) if backfill is not None else ()
 
 
 def exit_status(reports: Sequence[HourReport]) -> int:
@@ -171,9 +202,24 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--master", default=None, help="Spark master (default: TRIBUTARY_SPARK_MASTER unless spark-submit set one)"
     )
+    parser.add_argument(
+        RECOMPUTE_FLAG,
+        action="store_true",
+        help=(
+            "first rewrite the range's summaries from raw, for pipelines without a backfill that have a SQL "
+            f"recomputation ({', '.join(sorted(SQL_RECOMPUTES))}); needs --start and --end"
+        ),
+    )
     args = parser.parse_args(argv)
     if (args.start is None) != (args.end is None):
         parser.error("give both --start and --end, or neither (then the hours not checked yet are checked)")
+    if args.recompute_summaries and args.start is None:
+        parser.error(f"{RECOMPUTE_FLAG} rewrites a range: give --start and --end")
+    if args.recompute_summaries and args.pipeline != "all" and args.pipeline not in SQL_RECOMPUTES:
+        parser.error(
+            f"{RECOMPUTE_FLAG}: {args.pipeline} has no SQL recomputation (only {', '.join(sorted(SQL_RECOMPUTES))}); "
+            "repair its summaries with the backfill"
+        )
     return args
 
 
@@ -202,6 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not hours:
                 print(f"{pipeline.name}: no closed hour left to check")
                 continue
+            if args.recompute_summaries and pipeline.name in SQL_RECOMPUTES:
+                for line in reconciler.recompute_summaries(pipeline, hours):
+                    print(line)
             reports += reconciler.run(pipeline, hours, now)
     finally:
         reconciler.close()
