@@ -104,7 +104,8 @@ def parse_user_events(kafka_rows: DataFrame, pipeline: Pipeline) -> DataFrame:
     # consumers when that would repeat an expensive expression such as parsing.)
     names = [f.name for f in pipeline.schema]
     text = F.col("value").cast("string")
-    utf8_ok = F.col("value").isNotNull() & F.try_validate_utf8(text).isNotNull()
+    # PostgreSQL text cannot hold NUL: a `\\u0000` in a stored string would fail the whole COPY.
+    utf8_ok = F.col("value").isNotNull() & F.try_validate_utf8(text).isNotNull() & ~text.contains("\\u0000")
     position = [
         F.col("topic"),
         F.col("partition").alias("kafka_partition"),

@@ -92,7 +92,8 @@ def parse_readings(kafka_rows: DataFrame, pipeline: Pipeline) -> DataFrame:
         raise TypeError(f"pipeline {pipeline.name} does not carry weather validation rules")
     names = [f.name for f in pipeline.schema]
     text = F.col("value").cast("string")
-    utf8_ok = F.col("value").isNotNull() & F.try_validate_utf8(text).isNotNull()
+    # PostgreSQL text cannot hold NUL: a `\\u0000` in a stored string would fail the whole COPY.
+    utf8_ok = F.col("value").isNotNull() & F.try_validate_utf8(text).isNotNull() & ~text.contains("\\u0000")
     carried = ["topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "payload"]
     # Staged projections: parse once, pull each field once, then apply the rules to columns.
     parsed = kafka_rows.select(

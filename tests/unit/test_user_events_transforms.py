@@ -59,6 +59,7 @@ def test_a_good_event_is_valid_and_typed(spark: SparkSession) -> None:
     [
         (None, [T.RULE_UTF8]),
         (b"\xff\xfe\x00binary", [T.RULE_UTF8]),
+        (event(location="Ber\u0000lin"), [T.RULE_UTF8]),  # NUL: not storable as PostgreSQL text
         (b'{"user_id": 7, "product_id":', [T.RULE_JSON]),
         (b"", [T.RULE_JSON]),
         (b"[1, 2, 3]", [T.RULE_JSON]),

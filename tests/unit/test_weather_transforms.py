@@ -55,6 +55,8 @@ def test_a_good_reading_is_valid_and_typed(spark: SparkSession) -> None:
     [
         (None, [T.RULE_UTF8]),
         (b"\xff\xfe", [T.RULE_UTF8]),
+        (reading(location="Ber\u0000lin"), [T.RULE_UTF8]),  # NUL: not storable as PostgreSQL text
+        (reading(station_id="*"), [T.RULE_STATION]),  # the summary's all-stations row
         (b"{", [T.RULE_JSON]),
         (b"[1]", [T.RULE_JSON]),
         (reading(humidity=...), [T.RULE_REQUIRED]),
