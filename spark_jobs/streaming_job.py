@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -33,7 +32,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from spark_jobs.heartbeats import UPSERT_BATCH_COUNTS, HeartbeatListener, wait_until_reported
-from spark_jobs.session import build_session
+from spark_jobs.session import build_session, launched_by_spark_submit
 from spark_jobs.sinks.copy_lines import copy_line, csv_line
 from spark_jobs.sinks.elasticsearch import ElasticsearchSink
 from spark_jobs.sinks.outbox import OutboxPublisher
@@ -50,6 +49,8 @@ log = logging.getLogger("tributary.streaming_job")
 # The dead-letter message carries at most this much of the payload; the table keeps all of it.
 DLQ_PAYLOAD_BYTES = 65_536
 DEAD_COLUMNS = ("topic", "kafka_partition", "kafka_offset", "pipeline", "kafka_timestamp", "payload", "reasons")
+# Raw rows are keyed by source position; the partition key (event_ts) must be part of the key.
+RAW_KEY = ("topic", "kafka_partition", "kafka_offset", "event_ts")
 # Columns a parsed DataFrame must have for `dead_letter_lines` (besides the pipeline's own).
 PARSED_COLUMNS = ("topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "payload", "event_ts", "violations")
 
@@ -143,6 +144,10 @@ class StreamingJob:
         return [builders[name]() for name in wanted]
 
     # ---------------------------------------------------------------- raw batches
+    def raw_target(self, columns: tuple[str, ...]) -> MergeTarget:
+        """How the pipeline's raw rows (`columns`, in table order) land: by source position, once."""
+        return MergeTarget(self.pipeline.tables.raw, columns, key=RAW_KEY)
+
     def with_dead_letter_columns(self, parsed: DataFrame) -> DataFrame:
         """`parsed` (with `PARSED_COLUMNS`) plus the columns `dead_letter_lines` reads."""
         return parsed.select("*", F.lit(self.name).alias("pipeline"), F.col("violations").alias("reasons"))
@@ -335,7 +340,7 @@ def main(pipeline: Pipeline, factory: JobFactory, description: str, argv: list[s
         native_kafka=args.native_kafka,
     )
     # Under spark-submit the master comes from its command line; run directly, from the settings.
-    master = args.master or (None if _launched_by_spark_submit() else settings.spark_master)
+    master = args.master or (None if launched_by_spark_submit() else settings.spark_master)
     spark = build_session(f"tributary-{pipeline.name}", master)
     job = factory(spark, settings, options)
 
@@ -346,8 +351,3 @@ def main(pipeline: Pipeline, factory: JobFactory, description: str, argv: list[s
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     return job.run()
-
-
-def _launched_by_spark_submit() -> bool:
-    """spark-submit starts the JVM first and hands the Python driver its gateway port."""
-    return "PYSPARK_GATEWAY_PORT" in os.environ

@@ -30,7 +30,6 @@ from spark_jobs.sinks.copy_lines import copy_line
 from spark_jobs.sinks.elasticsearch import bulk_line
 from spark_jobs.sinks.outbox import OUTBOX
 from spark_jobs.sinks.partition_writer import RESULT_DDL, RawBatchWrite, merge_results
-from spark_jobs.sinks.postgres import MergeTarget
 from spark_jobs.streaming_job import JobOptions, StreamingJob
 from tributary.catalog import APP_LOGS, PLATFORM, Index, Pipeline, PlatformNames
 from tributary.settings import Settings
@@ -38,7 +37,6 @@ from tributary.settings import Settings
 log = logging.getLogger("tributary.app_logs")
 
 QUERY = "logs"
-RAW_KEY = ("topic", "kafka_partition", "kafka_offset", "event_ts")
 # Document fields besides the raw columns' own names (the index calls the event time `timestamp`).
 _DOCUMENT_RENAMES = {"event_ts": "timestamp"}
 _NOT_INDEXED = ("kafka_timestamp",)
@@ -66,7 +64,7 @@ class AppLogsJob(StreamingJob):
             raise ValueError(f"pipeline {pipeline.name} lacks the minute-stats table, its one window or its index")
         super().__init__(spark, settings, options, pipeline, platform)
         self.window = pipeline.windows[0]
-        self.raw = MergeTarget(pipeline.tables.raw, T.RAW_COLUMNS, key=RAW_KEY)
+        self.raw = self.raw_target(T.RAW_COLUMNS)
         self.stats_table = pipeline.tables.summary
         self.index = pipeline.indices["logs"]
 

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 
 from psycopg import sql
 
+from spark_jobs.sinks.postgres import epoch_window_start
+
 ALL = "*"
-# Minutes are aligned to the epoch in UTC, as Spark's windows are.
-_ORIGIN = "1970-01-01 00:00:00+00"
 
 
 def minute_stats_statement(raw_table: str, stats_table: str) -> sql.Composed:
@@ -32,7 +32,7 @@ SELECT minute_start, coalesce(method, {all}), coalesce(path_template, {all}), co
        avg(latency_ms),
        coalesce(sum(bytes), 0)
 FROM (
-    SELECT date_bin(make_interval(secs => %(seconds)s), event_ts, {origin}) AS minute_start,
+    SELECT {window_start} AS minute_start,
            method, path_template, status, latency_ms, bytes
     FROM {raw}
     WHERE event_ts >= %(low)s AND event_ts < %(high)s
@@ -48,7 +48,7 @@ ON CONFLICT (minute_start, method, path_template) DO UPDATE SET
         stats=sql.Identifier(stats_table),
         raw=sql.Identifier(raw_table),
         all=sql.Literal(ALL),
-        origin=sql.Literal(_ORIGIN) + sql.SQL("::timestamptz"),
+        window_start=epoch_window_start("event_ts"),
     )
 
 

@@ -27,12 +27,10 @@ checked field by field. Built-in functions only: no Python runs per line here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from spark_jobs.user_events.transforms import IP_PATTERN
+from spark_jobs.validation import IP_PATTERN, all_of, failed
 from tributary.catalog import AppLogRules, Pipeline
 
 # Rule names, as stored in dead_letters.reasons and counted per batch.
@@ -130,18 +128,6 @@ PATH_PLACEHOLDERS = (
     (r"(?<=/)[0-9]+(?=/|$|\.[A-Za-z0-9]{1,8}$)", "{id}"),
     (rf"(?<=[/._-]){_HEX}{{16,}}(?=[/._-]|$)", "{hash}"),
 )
-
-
-def _failed(rule: str, passes: Column) -> Column:
-    """The rule's name when `passes` is false or unknown, else null."""
-    return F.when(~F.coalesce(passes, F.lit(False)), F.lit(rule))
-
-
-def _all(columns: Iterable[Column]) -> Column:
-    result = F.lit(True)
-    for column in columns:
-        result = result & column
-    return result
 
 
 def _absent_if_dash(text: Column) -> Column:
@@ -349,25 +335,25 @@ def _violations(rules: AppLogRules) -> Column:
     text_of = {"timestamp": "_timestamp", "method": "method", "path": "_target", "status": "_status"}
     required_texts = [text_of[name] for name in JSON_REQUIRED]
     field_rules = [
-        _failed(
+        failed(
             RULE_REQUIRED,
-            (F.col("source_format") != "json") | _all(F.col(text).isNotNull() for text in required_texts),
+            (F.col("source_format") != "json") | all_of(F.col(text).isNotNull() for text in required_texts),
         ),
-        _failed(RULE_REQUEST, F.col("_request_ok")),
-        _failed(RULE_METHOD, when_present("method", F.col("method").rlike(_METHOD))),
-        _failed(RULE_PATH, when_present("_target", path.startswith("/") | (path == "*"))),
-        _failed(RULE_STATUS, when_present("_status", F.col("status").isNotNull())),
-        _failed(RULE_TS_PARSE, when_present("_timestamp", event_ts.isNotNull())),
+        failed(RULE_REQUEST, F.col("_request_ok")),
+        failed(RULE_METHOD, when_present("method", F.col("method").rlike(_METHOD))),
+        failed(RULE_PATH, when_present("_target", path.startswith("/") | (path == "*"))),
+        failed(RULE_STATUS, when_present("_status", F.col("status").isNotNull())),
+        failed(RULE_TS_PARSE, when_present("_timestamp", event_ts.isNotNull())),
         # Compared with the broker's timestamp, not the clock, so a backfill decides the same.
-        _failed(
+        failed(
             RULE_TS_FUTURE,
             event_ts.isNull()
             | kafka_ts.isNull()
             | (event_ts <= kafka_ts + F.make_interval(secs=F.lit(rules.max_future_skew_s))),
         ),
-        _failed(RULE_IP, when_present("client_ip", F.col("client_ip").rlike(IP_PATTERN))),
-        _failed(RULE_LATENCY, when_present("_latency", F.col("latency_ms").isNotNull())),
-        _failed(RULE_BYTES, when_present("_bytes", F.col("bytes").isNotNull())),
+        failed(RULE_IP, when_present("client_ip", F.col("client_ip").rlike(IP_PATTERN))),
+        failed(RULE_LATENCY, when_present("_latency", F.col("latency_ms").isNotNull())),
+        failed(RULE_BYTES, when_present("_bytes", F.col("bytes").isNotNull())),
     ]
     return (
         F.when(F.col("_too_long"), F.array(F.lit(RULE_LENGTH)))

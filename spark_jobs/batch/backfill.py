@@ -38,7 +38,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import re
 import signal
 import sys
@@ -60,7 +59,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_jobs.batch.raw_reader import hour_slices, read_raw_range
-from spark_jobs.session import build_session
+from spark_jobs.session import build_session, launched_by_spark_submit
 from spark_jobs.sinks.copy_lines import copy_line, copy_payload, csv_line
 from spark_jobs.sinks.elasticsearch import ElasticsearchSink
 from spark_jobs.sinks.outbox import OutboxPublisher
@@ -1300,11 +1299,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-def _launched_by_spark_submit() -> bool:
-    """spark-submit starts the JVM first and hands the Python driver its gateway port."""
-    return "PYSPARK_GATEWAY_PORT" in os.environ
-
-
 def _print_summary(summary: Mapping[str, Any]) -> None:
     print(json.dumps(summary, default=_json_default), flush=True)
 
@@ -1336,7 +1330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise BackfillInterrupted(f"stopped by signal {signum}")
 
     signal.signal(signal.SIGTERM, on_signal)
-    master = args.master or (None if _launched_by_spark_submit() else settings.spark_master)
+    master = args.master or (None if launched_by_spark_submit() else settings.spark_master)
     # Spark's own console bar would garble ours (and the Airflow task log).
     spark = build_session(f"tributary-backfill-{request.pipeline}", master, {"spark.ui.showConsoleProgress": "false"})
     try:

@@ -54,6 +54,14 @@ class MergeTarget:
         )
 
 
+def epoch_window_start(column: str) -> sql.Composed:
+    """The start of `column`'s window of `%(seconds)s` seconds, aligned to the epoch in UTC as
+    Spark's `window()` aligns them (so SQL and Spark put a row in the same window)."""
+    return sql.SQL(
+        "date_bin(make_interval(secs => %(seconds)s), {column}, '1970-01-01 00:00:00+00'::timestamptz)"
+    ).format(column=sql.Identifier(column))
+
+
 class PostgresSink:
     """Long-lived connections for one job, one per thread; `batch()` opens a micro-batch's transaction.
 

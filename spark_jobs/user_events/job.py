@@ -49,7 +49,6 @@ from tributary.settings import Settings
 
 log = logging.getLogger("tributary.user_events")
 
-RAW_KEY = ("topic", "kafka_partition", "kafka_offset", "event_ts")
 __all__ = ["SUMMARY_COLUMNS", "JobOptions", "UserEventsJob", "main"]
 
 
@@ -96,7 +95,7 @@ class UserEventsJob(StreamingJob):
         self.actions: tuple[str, ...] = pipeline.validation.allowed_actions  # type: ignore[union-attr]
         self.events_index = pipeline.indices["events"]
         self.anomalies_index = pipeline.indices["anomalies"]
-        self.raw = MergeTarget(pipeline.tables.raw, T.EVENT_COLUMNS, key=RAW_KEY)
+        self.raw = self.raw_target(T.EVENT_COLUMNS)
         self.summary = MergeTarget(pipeline.tables.summary, SUMMARY_COLUMNS, key=WINDOW_KEY, update=True)
         self.anomalies = MergeTarget(pipeline.tables.anomalies, ANOMALY_COLUMNS, key=WINDOW_KEY)
         self.users = UsersLookup(

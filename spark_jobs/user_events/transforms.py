@@ -7,12 +7,11 @@ comes from the catalog entry passed in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window as SqlWindow
 
+from spark_jobs.validation import IP_PATTERN, all_of, failed, storable_json_text
 from tributary.catalog import AnomalyRules, Pipeline, UserEventRules, Window
 
 # Rule names, as stored in dead_letters.reasons and counted per batch.
@@ -43,26 +42,6 @@ ALL_RULES = (
 )
 
 _INTEGER_TYPES = ("TINYINT", "SMALLINT", "INT", "BIGINT")
-_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4 = rf"{_OCTET}(\.{_OCTET}){{3}}"
-_H16 = r"[0-9a-fA-F]{1,4}"
-# Full and compressed IPv6 forms, optionally ending in an embedded IPv4 address; every string it
-# accepts is also accepted by PostgreSQL's inet type (tests check it against both).
-_IPV6 = (
-    rf"(({_H16}:){{7}}{_H16}"
-    rf"|({_H16}:){{1,7}}:"
-    rf"|({_H16}:){{1,6}}:{_H16}"
-    rf"|({_H16}:){{1,5}}(:{_H16}){{1,2}}"
-    rf"|({_H16}:){{1,4}}(:{_H16}){{1,3}}"
-    rf"|({_H16}:){{1,3}}(:{_H16}){{1,4}}"
-    rf"|({_H16}:){{1,2}}(:{_H16}){{1,5}}"
-    rf"|{_H16}:(:{_H16}){{1,6}}"
-    rf"|:((:{_H16}){{1,7}}|:)"
-    rf"|({_H16}:){{6}}{_IPV4}"
-    rf"|::(ffff(:0{{1,4}})?:)?{_IPV4}"
-    rf"|({_H16}:){{1,5}}:{_IPV4})"
-)
-IP_PATTERN = rf"^({_IPV4}|{_IPV6})$"
 
 # Validated event columns, in the order of the raw table.
 EVENT_COLUMNS = (
@@ -83,11 +62,6 @@ EVENT_COLUMNS = (
 STRING_FIELDS = ("action", "device_id", "device_type", "location", "user_segment", "ip_address")
 
 
-def _failed(rule: str, passes: Column) -> Column:
-    """The rule's name when `passes` is false or unknown, else null."""
-    return F.when(~F.coalesce(passes, F.lit(False)), F.lit(rule))
-
-
 def parse_user_events(kafka_rows: DataFrame, pipeline: Pipeline) -> DataFrame:
     """Kafka records -> one row per record: typed event fields plus `violations` (rule names).
 
@@ -104,8 +78,7 @@ def parse_user_events(kafka_rows: DataFrame, pipeline: Pipeline) -> DataFrame:
     # consumers when that would repeat an expensive expression such as parsing.)
     names = [f.name for f in pipeline.schema]
     text = F.col("value").cast("string")
-    # PostgreSQL text cannot hold NUL: a `\\u0000` in a stored string would fail the whole COPY.
-    utf8_ok = F.col("value").isNotNull() & F.try_validate_utf8(text).isNotNull() & ~text.contains("\\u0000")
+    utf8_ok = storable_json_text(F.col("value"))
     position = [
         F.col("topic"),
         F.col("partition").alias("kafka_partition"),
@@ -152,27 +125,27 @@ def parse_user_events(kafka_rows: DataFrame, pipeline: Pipeline) -> DataFrame:
         return ~present[name] | passes
 
     field_rules = [
-        _failed(RULE_REQUIRED, _all(present[name] for name in required)),
-        _failed(RULE_USER_ID, when_present("user_id", user_id > 0)),
-        _failed(RULE_PRODUCT_ID, when_present("product_id", product_id > 0)),
-        _failed(RULE_ACTION, when_present("action", strings["action"].isin(*rules.allowed_actions))),
-        _failed(RULE_TS_PARSE, when_present("timestamp", event_ts.isNotNull())),
+        failed(RULE_REQUIRED, all_of(present[name] for name in required)),
+        failed(RULE_USER_ID, when_present("user_id", user_id > 0)),
+        failed(RULE_PRODUCT_ID, when_present("product_id", product_id > 0)),
+        failed(RULE_ACTION, when_present("action", strings["action"].isin(*rules.allowed_actions))),
+        failed(RULE_TS_PARSE, when_present("timestamp", event_ts.isNotNull())),
         # Compared with the broker's timestamp, not the clock, so a backfill decides the same.
-        _failed(
+        failed(
             RULE_TS_FUTURE,
             event_ts.isNull()
             | (event_ts <= F.col("kafka_timestamp") + F.make_interval(secs=F.lit(rules.max_future_skew_s))),
         ),
-        _failed(RULE_LOCATION, when_present("location", F.length(strings["location"]) <= rules.max_location_length)),
-        _failed(
+        failed(RULE_LOCATION, when_present("location", F.length(strings["location"]) <= rules.max_location_length)),
+        failed(
             RULE_STRING_LENGTH,
-            _all(
+            all_of(
                 when_present(name, F.length(strings[name]) <= rules.max_string_length)
                 for name in STRING_FIELDS
                 if name != "location"
             ),
         ),
-        _failed(RULE_IP, when_present("ip_address", strings["ip_address"].rlike(IP_PATTERN))),
+        failed(RULE_IP, when_present("ip_address", strings["ip_address"].rlike(IP_PATTERN))),
     ]
     violations = (
         F.when(~F.col("_utf8"), F.array(F.lit(RULE_UTF8)))
@@ -187,13 +160,6 @@ def parse_user_events(kafka_rows: DataFrame, pipeline: Pipeline) -> DataFrame:
         *(strings[name].alias(name) for name in STRING_FIELDS),
         violations.alias("violations"),
     ).select(*EVENT_COLUMNS, "payload", "violations")
-
-
-def _all(columns: Iterable[Column]) -> Column:
-    result = F.lit(True)
-    for column in columns:
-        result = result & column
-    return result
 
 
 def valid_events(parsed: DataFrame) -> DataFrame:

@@ -29,7 +29,6 @@ from spark_jobs import streaming_job
 from spark_jobs.sinks.copy_lines import copy_line
 from spark_jobs.sinks.outbox import OUTBOX
 from spark_jobs.sinks.partition_writer import RESULT_DDL, merge_results
-from spark_jobs.sinks.postgres import MergeTarget
 from spark_jobs.streaming_job import JobOptions, StreamingJob
 from spark_jobs.weather import transforms as T
 from spark_jobs.weather.merge import WeatherBatchWrite
@@ -39,7 +38,6 @@ from tributary.settings import Settings
 log = logging.getLogger("tributary.weather")
 
 QUERY = "readings"
-RAW_KEY = ("topic", "kafka_partition", "kafka_offset", "event_ts")
 
 
 class WeatherJob(StreamingJob):
@@ -57,7 +55,7 @@ class WeatherJob(StreamingJob):
             raise ValueError(f"pipeline {pipeline.name} lacks the summary, late table or its one window")
         super().__init__(spark, settings, options, pipeline, platform)
         self.window = pipeline.windows[0]
-        self.raw = MergeTarget(pipeline.tables.raw, T.READING_COLUMNS, key=RAW_KEY)
+        self.raw = self.raw_target(T.READING_COLUMNS)
         self.summary_table = pipeline.tables.summary
         self.late_table = pipeline.tables.late
 

@@ -27,11 +27,8 @@ from psycopg import sql
 
 from spark_jobs.sinks.copy_lines import copy_payload
 from spark_jobs.sinks.partition_writer import LINE, RawBatchWrite
-from spark_jobs.sinks.postgres import PostgresBatch
+from spark_jobs.sinks.postgres import PostgresBatch, epoch_window_start
 from spark_jobs.weather.transforms import ALL_STATIONS, MEASURES
-
-# Windows are aligned to the epoch in UTC, as Spark's `window()` aligns them.
-_ORIGIN = "1970-01-01 00:00:00+00"
 
 
 def merge_statement(
@@ -79,7 +76,7 @@ WITH new AS (
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), per_station AS (
-    SELECT station_id, date_bin(make_interval(secs => %(seconds)s), event_ts, {origin}) AS window_start,
+    SELECT station_id, {window_start} AS window_start,
            count(*) AS reading_count, {sums}
     FROM new
     WHERE %(watermark)s::timestamptz IS NULL OR event_ts >= %(watermark)s::timestamptz
@@ -104,7 +101,7 @@ SELECT (SELECT count(*) FROM new), (SELECT count(*) FROM late), (SELECT count(*)
         stage=sql.Identifier(stage),
         late=sql.Identifier(late_table),
         summary=sql.Identifier(summary_table),
-        origin=sql.Literal(_ORIGIN) + sql.SQL("::timestamptz"),
+        window_start=epoch_window_start("event_ts"),
         sums=sums,
         overall=overall,
         all_stations=sql.Literal(ALL_STATIONS),

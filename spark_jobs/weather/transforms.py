@@ -8,11 +8,10 @@ reads or writes outside Spark.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from spark_jobs.validation import all_of, failed, storable_json_text
 from tributary.catalog import Pipeline, WeatherRules, Window
 
 RULE_UTF8 = "payload_utf8"
@@ -70,17 +69,6 @@ _NUMBER_TYPE = r"^(TINYINT|SMALLINT|INT|BIGINT|FLOAT|DOUBLE|DECIMAL)"
 _MAX_STATION_ID = 64
 
 
-def _failed(rule: str, passes: Column) -> Column:
-    return F.when(~F.coalesce(passes, F.lit(False)), F.lit(rule))
-
-
-def _all(columns: Iterable[Column]) -> Column:
-    result = F.lit(True)
-    for column in columns:
-        result = result & column
-    return result
-
-
 def parse_readings(kafka_rows: DataFrame, pipeline: Pipeline) -> DataFrame:
     """Kafka records -> one row per record: typed reading fields plus `violations` (rule names).
 
@@ -92,8 +80,7 @@ def parse_readings(kafka_rows: DataFrame, pipeline: Pipeline) -> DataFrame:
         raise TypeError(f"pipeline {pipeline.name} does not carry weather validation rules")
     names = [f.name for f in pipeline.schema]
     text = F.col("value").cast("string")
-    # PostgreSQL text cannot hold NUL: a `\\u0000` in a stored string would fail the whole COPY.
-    utf8_ok = F.col("value").isNotNull() & F.try_validate_utf8(text).isNotNull() & ~text.contains("\\u0000")
+    utf8_ok = storable_json_text(F.col("value"))
     carried = ["topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "payload"]
     # Staged projections: parse once, pull each field once, then apply the rules to columns.
     parsed = kafka_rows.select(
@@ -145,8 +132,8 @@ def parse_readings(kafka_rows: DataFrame, pipeline: Pipeline) -> DataFrame:
         return ~present[name] | passes
 
     field_rules = [
-        _failed(RULE_REQUIRED, _all(present[n] for n in required)),
-        _failed(
+        failed(RULE_REQUIRED, all_of(present[n] for n in required)),
+        failed(
             RULE_STATION,
             when_present(
                 "station_id",
@@ -156,16 +143,16 @@ def parse_readings(kafka_rows: DataFrame, pipeline: Pipeline) -> DataFrame:
                 & (F.col("_s_station_id") != ALL_STATIONS),
             ),
         ),
-        _failed(RULE_TS_PARSE, when_present("timestamp", event_ts.isNotNull())),
-        _failed(
+        failed(RULE_TS_PARSE, when_present("timestamp", event_ts.isNotNull())),
+        failed(
             RULE_TS_FUTURE,
             event_ts.isNull()
             | (event_ts <= F.col("kafka_timestamp") + F.make_interval(secs=F.lit(rules.max_future_skew_s))),
         ),
-        _failed(RULE_TEMPERATURE, when_present("temperature", within("temperature", rules.temperature_c))),
-        _failed(RULE_HUMIDITY, when_present("humidity", within("humidity", rules.humidity_pct))),
-        _failed(RULE_WIND, when_present("wind_speed", within("wind_speed", rules.wind_speed_ms))),
-        _failed(RULE_PRESSURE, when_present("pressure", F.col("pressure").isNotNull())),
+        failed(RULE_TEMPERATURE, when_present("temperature", within("temperature", rules.temperature_c))),
+        failed(RULE_HUMIDITY, when_present("humidity", within("humidity", rules.humidity_pct))),
+        failed(RULE_WIND, when_present("wind_speed", within("wind_speed", rules.wind_speed_ms))),
+        failed(RULE_PRESSURE, when_present("pressure", F.col("pressure").isNotNull())),
     ]
     violations = (
         F.when(~F.col("_utf8"), F.array(F.lit(RULE_UTF8)))

@@ -6,17 +6,20 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from spark_jobs.submit import job_environment, submit_argv
 from tributary.catalog import PLATFORM, Pipeline, PlatformNames
-from tributary.clients import es_client, kafka_admin, pg_connect
+from tributary.clients import es_client, kafka_admin, kafka_config, pg_connect
 from tributary.migrations import apply_migrations
+from tributary.producers.user_events import GeneratedEvent, produce
 from tributary.provisioning import ensure_index_templates, ensure_topics
 from tributary.settings import Settings
 from tributary.stack.broker import TansuBroker
@@ -91,6 +94,31 @@ def prepare(settings: Settings, pipeline: Pipeline, platform: PlatformNames) -> 
     ensure_topics(kafka_admin(settings), [pipeline.topic, platform.alerts_topic, platform.dead_letter_topic])
     if pipeline.indices:
         ensure_index_templates(es_client(settings), list(pipeline.indices.values()))
+
+
+def send(settings: Settings, topic: str, records: list[GeneratedEvent]) -> None:
+    """Produces `records` to `topic` and waits until every one is delivered."""
+    produce(iter(records), producer_config=kafka_config(settings), topic=topic)
+
+
+def topic_messages(settings: Settings, topic: str) -> list[Any]:
+    """Every message of `topic` (read to the true end, whatever the broker reports as end)."""
+    consumer = Consumer(
+        kafka_config(settings, **{"group.id": f"check-{uuid.uuid4().hex}", "enable.auto.commit": False})
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        messages, idle_polls = [], 0
+        while idle_polls < 3:
+            batch = consumer.consume(1000, timeout=1.0)
+            idle_polls = 0 if batch else idle_polls + 1
+            for message in batch:
+                assert message.error() is None, message.error()
+                messages.append(message)
+        return messages
+    finally:
+        consumer.close()
 
 
 def scalar(settings: Settings, query: str, *params: Any) -> Any:

@@ -19,14 +19,14 @@ from pyspark.sql import SparkSession
 
 from spark_jobs.app_logs.job import AppLogsJob
 from spark_jobs.streaming_job import JobOptions
-from tests.integration.streaming_fixtures import (  # noqa: F401 - fixture
+from tests.integration.streaming_fixtures import (
     isolated,
     kill_twice_then_finish,
     prepare,
-    private_settings,
     scalar,
+    send,
+    topic_messages,
 )
-from tests.integration.test_user_events_job import send, topic_messages
 from tributary.catalog import APP_LOGS, PLATFORM, Pipeline, PlatformNames
 from tributary.clients import es_client, pg_connect
 from tributary.producers.app_logs import INVALID_KINDS, LogMix, expected_rule, generate_log_lines
@@ -155,7 +155,7 @@ def pg_rows(settings: Settings, query: str) -> list[tuple[Any, ...]]:
 
 @pytest.mark.timeout(900)
 def test_sigkilled_app_logs_driver_restarts_without_loss_or_duplicates(
-    private_settings: Settings,  # noqa: F811 - the imported fixture
+    private_settings: Settings,
     tmp_path: Path,
 ) -> None:
     settings = private_settings

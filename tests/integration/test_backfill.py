@@ -17,7 +17,8 @@ import pytest
 from pyspark.sql import SparkSession
 
 from spark_jobs.batch.backfill import TARGETS, BackfillReport, BackfillRequest, run_backfill
-from tests.integration.test_user_events_job import isolated, prepare, run_job, scalar, send, topic_messages
+from tests.integration.streaming_fixtures import scalar, send, topic_messages
+from tests.integration.test_user_events_job import isolated, prepare, run_job
 from tributary.catalog import Pipeline, PlatformNames
 from tributary.clients import es_client, pg_connect
 from tributary.producers.user_events import EventMix, generate_events

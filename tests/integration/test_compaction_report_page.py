@@ -26,6 +26,7 @@ from tributary_plugin import TributaryPlugin
 
 from spark_jobs.batch.compact import CompactionOptions, run_compaction
 from tests.browser import PNG_SIGNATURE, Chromium, chromium_executable
+from tests.integration.page_clients import mounted, signed_in_as_viewer
 from tests.integration.test_compaction import OLD_A, OLD_B, TODAY, seed_day
 from tributary.clients import pg_connect
 from tributary.compaction_report import (
@@ -95,17 +96,13 @@ def stored_sample(pg_url: str) -> CompactionReport:
 @pytest.fixture
 def client() -> Iterator[TestClient]:
     """The page app mounted under its prefix, as the api-server mounts it."""
-    root = FastAPI()
-    root.mount(PREFIX, app)
-    with TestClient(root) as test_client:
+    with mounted(app, PREFIX) as test_client:
         yield test_client
-    app.dependency_overrides.clear()
 
 
 @pytest.fixture
 def signed_in(client: TestClient) -> TestClient:
-    app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="viewer", role="viewer")
-    return client
+    return signed_in_as_viewer(app, client)
 
 
 @pytest.mark.parametrize("path", GUARDED_PATHS)

@@ -21,14 +21,12 @@ from typing import Any
 import httpx
 import pytest
 from airflow.api_fastapi.app import RESERVED_URL_PREFIXES
-from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
 from airflow.api_fastapi.core_api.datamodels.plugins import ExternalViewResponse
-from airflow.api_fastapi.core_api.security import get_user
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from tributary_plugin import TributaryPlugin
 
 from tests.browser import PNG_SIGNATURE, Chromium, chromium_executable
+from tests.integration.page_clients import mounted, signed_in_as_viewer
 from tributary.airflow_env import admin_password
 from tributary.catalog import PIPELINES, PLATFORM, USER_EVENTS
 from tributary.clients import pg_connect
@@ -82,18 +80,14 @@ def seed_running_user_events(pg_url: str) -> None:
 @pytest.fixture
 def client() -> Iterator[TestClient]:
     """The page app mounted under its prefix, as the api-server mounts it."""
-    root = FastAPI()
-    root.mount(PREFIX, app)
-    with TestClient(root) as test_client:
+    with mounted(app, PREFIX) as test_client:
         yield test_client
-    app.dependency_overrides.clear()
 
 
 @pytest.fixture
 def signed_in(client: TestClient) -> TestClient:
     """`client` with Airflow's `get_user` answering for a viewer (the real check runs in the slow test)."""
-    app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="viewer", role="viewer")
-    return client
+    return signed_in_as_viewer(app, client)
 
 
 @pytest.mark.parametrize("path", GUARDED_PATHS)

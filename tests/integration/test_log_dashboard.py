@@ -16,13 +16,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
-from airflow.api_fastapi.core_api.security import get_user
 from elasticsearch import Elasticsearch
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from tributary_plugin import TributaryPlugin
 
+from tests.integration.page_clients import mounted, signed_in_as_viewer
 from tributary.catalog import APP_LOGS, Index
 from tributary.clients import es_client
 from tributary.log_dashboard import LOGS_INDEX, NO_AGENT, custom_range, dashboard_data, preset_range
@@ -289,18 +287,14 @@ def client(es_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]
     monkeypatch.setenv("TRIBUTARY_ES_URL", es_url)
     monkeypatch.setenv("TRIBUTARY_EMBEDDED_ES", "0")
     monkeypatch.setenv("TRIBUTARY_ES_PLAIN_JSON", "1")
-    root = FastAPI()
-    root.mount(PREFIX, app)
-    with TestClient(root) as test_client:
+    with mounted(app, PREFIX) as test_client:
         yield test_client
-    app.dependency_overrides.clear()
 
 
 @pytest.fixture
 def signed_in(client: TestClient) -> TestClient:
     """`client` with Airflow's `get_user` answering for a viewer."""
-    app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="viewer", role="viewer")
-    return client
+    return signed_in_as_viewer(app, client)
 
 
 @pytest.mark.parametrize("path", GUARDED_PATHS)

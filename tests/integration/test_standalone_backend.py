@@ -15,8 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.streaming_fixtures import private_settings  # noqa: F401 - fixture
-from tests.integration.test_user_events_job import prepare, scalar, send
+from tests.integration.streaming_fixtures import (
+    private_settings,  # noqa: F401 - fixture
+    scalar,
+    send,
+)
+from tests.integration.test_user_events_job import prepare
 from tributary.airflow_env import tributary_environment
 from tributary.catalog import PLATFORM, USER_EVENTS
 from tributary.producers.user_events import EventMix, generate_events

@@ -14,23 +14,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from pyspark.sql import SparkSession
 
 from spark_jobs.user_events.job import JobOptions, UserEventsJob
-from tributary.catalog import PLATFORM, USER_EVENTS, Pipeline, PlatformNames
-from tributary.clients import es_client, kafka_admin, kafka_config, pg_connect
-from tributary.migrations import apply_migrations
+from tests.integration import streaming_fixtures
+from tests.integration.streaming_fixtures import scalar, send, topic_messages
+from tributary.catalog import USER_EVENTS, Pipeline, PlatformNames
+from tributary.clients import es_client, pg_connect
 from tributary.producers.user_events import (
     INVALID_KINDS,
     EventMix,
-    GeneratedEvent,
     expected_rule,
     generate_events,
-    produce,
     user_rows,
 )
-from tributary.provisioning import ensure_index_templates, ensure_topics
 from tributary.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -40,31 +37,16 @@ BURST_USERS = (5, 6)
 
 def isolated(tag: str) -> tuple[Pipeline, PlatformNames]:
     """The catalog's user_events entry and platform topics with names of this test's own."""
-    pipeline = replace(
-        USER_EVENTS,
-        topic=replace(USER_EVENTS.topic, name=f"user_events_{tag}"),
-        indices={k: replace(v, base=f"t{tag}-{v.base}") for k, v in USER_EVENTS.indices.items()},
-    )
-    platform = replace(
-        PLATFORM,
-        alerts_topic=replace(PLATFORM.alerts_topic, name=f"anomaly_alerts_{tag}"),
-        dead_letter_topic=replace(PLATFORM.dead_letter_topic, name=f"dead_letter_topic_{tag}"),
-    )
-    return pipeline, platform
+    return streaming_fixtures.isolated(USER_EVENTS, tag)
 
 
 def prepare(settings: Settings, pipeline: Pipeline, platform: PlatformNames, users: int) -> None:
-    apply_migrations(settings.pg_url)
-    ensure_topics(kafka_admin(settings), [pipeline.topic, platform.alerts_topic, platform.dead_letter_topic])
-    ensure_index_templates(es_client(settings), list(pipeline.indices.values()))
+    """The pipeline's topics, templates and tables, and `users` users for the enrichment."""
+    streaming_fixtures.prepare(settings, pipeline, platform)
     with pg_connect(settings.pg_url) as conn, conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO users (user_id, name, email, region, segment) VALUES (%s, %s, %s, %s, %s)", user_rows(users)
         )
-
-
-def send(settings: Settings, topic: str, events: list[GeneratedEvent]) -> None:
-    produce(iter(events), producer_config=kafka_config(settings), topic=topic)
 
 
 def run_job(
@@ -72,33 +54,6 @@ def run_job(
 ) -> None:
     job = UserEventsJob(spark, settings, JobOptions(available_now=True, **options), pipeline, platform)
     assert job.run() == 0, "the job failed; see its log above"
-
-
-def topic_messages(settings: Settings, topic: str) -> list[Any]:
-    """Every message of `topic` (read to the true end, whatever the broker reports as end)."""
-    consumer = Consumer(
-        kafka_config(settings, **{"group.id": f"check-{uuid.uuid4().hex}", "enable.auto.commit": False})
-    )
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        messages, idle_polls = [], 0
-        while idle_polls < 3:
-            batch = consumer.consume(1000, timeout=1.0)
-            idle_polls = 0 if batch else idle_polls + 1
-            for message in batch:
-                assert message.error() is None, message.error()
-                messages.append(message)
-        return messages
-    finally:
-        consumer.close()
-
-
-def scalar(settings: Settings, query: str, *params: Any) -> Any:
-    with pg_connect(settings.pg_url) as conn:
-        row = conn.execute(query, params).fetchone()
-    assert row is not None
-    return row[0]
 
 
 RECOMPUTED_DIFF = """

@@ -21,16 +21,12 @@ from spark_jobs.user_events.job import JobOptions, UserEventsJob
 from tests.integration.streaming_fixtures import (  # noqa: F401 - fixture
     kill_twice_then_finish,
     private_settings,
-    start_driver,
-)
-from tests.integration.test_user_events_job import (
-    isolated,
-    prepare,
     scalar,
     send,
-    summary_differences,
+    start_driver,
     topic_messages,
 )
+from tests.integration.test_user_events_job import isolated, prepare, summary_differences
 from tributary.catalog import PLATFORM, USER_EVENTS
 from tributary.clients import es_client
 from tributary.producers.user_events import EventMix, GeneratedEvent, generate_events

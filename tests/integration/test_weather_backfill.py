@@ -17,8 +17,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from spark_jobs.batch.backfill import LATE_READINGS, SUMMARIES, BackfillReport, BackfillRequest, run_backfill
-from tests.integration.streaming_fixtures import isolated, prepare, scalar
-from tests.integration.test_user_events_job import send
+from tests.integration.streaming_fixtures import isolated, prepare, scalar, send
 from tests.integration.test_weather_job import SUMMARY_DIFFERENCES, run_job
 from tributary.catalog import WEATHER, Pipeline, PlatformNames
 from tributary.clients import pg_connect

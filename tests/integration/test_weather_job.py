@@ -18,14 +18,14 @@ from pyspark.sql import SparkSession
 
 from spark_jobs.streaming_job import JobOptions
 from spark_jobs.weather.job import WeatherJob
-from tests.integration.streaming_fixtures import (  # noqa: F401 - fixture
+from tests.integration.streaming_fixtures import (
     isolated,
     kill_twice_then_finish,
     prepare,
-    private_settings,
     scalar,
+    send,
+    topic_messages,
 )
-from tests.integration.test_user_events_job import send, topic_messages
 from tributary.catalog import PLATFORM, WEATHER, Pipeline, PlatformNames
 from tributary.clients import pg_connect
 from tributary.producers.weather import INVALID_KINDS, ReadingMix, expected_rule, generate_readings
@@ -146,7 +146,7 @@ def test_a_known_mix_lands_exactly_and_late_readings_are_kept_aside(spark: Spark
 
 @pytest.mark.timeout(900)
 def test_sigkilled_weather_driver_restarts_without_loss_or_double_counting(
-    private_settings: Settings,  # noqa: F811 - the imported fixture
+    private_settings: Settings,
     tmp_path: Path,
 ) -> None:
     settings = private_settings
