@@ -32,8 +32,9 @@ from tributary.stack.search import OsmemSearch
 
 DEFAULT_TEST_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
-# The session-wide local SparkSession fixture `spark` (one JVM per test run).
-pytest_plugins = ["tests.integration.spark_fixtures"]
+# The session-wide local SparkSession fixture `spark` (one JVM per test run), and
+# `private_settings` (a broker and an ES-API server of a test's own).
+pytest_plugins = ["tests.integration.spark_fixtures", "tests.integration.streaming_fixtures"]
 
 
 def _session_settings(state_dir: Path, **overrides: object) -> Settings:

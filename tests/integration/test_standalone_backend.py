@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from tests.integration.streaming_fixtures import (
-    private_settings,  # noqa: F401 - fixture
     scalar,
     send,
 )
@@ -57,7 +56,7 @@ def wait_for(predicate: Callable[[], bool], what: str, submission: Submission, t
 
 @pytest.mark.timeout(900)
 def test_user_events_stream_through_a_standalone_cluster_and_stop_on_kill(
-    private_settings: Settings,  # noqa: F811 - the imported fixture
+    private_settings: Settings,
     cluster: StandaloneCluster,
     tmp_path: Path,
 ) -> None:

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from tests.integration.streaming_fixtures import (
-    private_settings,  # noqa: F401 - fixture
     scalar,
     send,
 )
@@ -60,7 +59,7 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, setting
 
 @pytest.mark.timeout(900)
 def test_supervisor_dag_starts_the_job_and_restarts_a_killed_driver_exactly_once(
-    private_settings: Settings,  # noqa: F811 - the imported fixture
+    private_settings: Settings,
 ) -> None:
     settings = private_settings
     prepare(settings, USER_EVENTS, PLATFORM, users=200)

@@ -18,9 +18,8 @@ import pytest
 from pyspark.sql import SparkSession
 
 from spark_jobs.user_events.job import JobOptions, UserEventsJob
-from tests.integration.streaming_fixtures import (  # noqa: F401 - fixture
+from tests.integration.streaming_fixtures import (
     kill_twice_then_finish,
-    private_settings,
     scalar,
     send,
     start_driver,
@@ -37,7 +36,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.mark.timeout(900)
 def test_sigkilled_driver_restarts_from_its_checkpoint_without_loss_or_duplicates(
-    private_settings: Settings,  # noqa: F811 - the imported fixture
+    private_settings: Settings,
     tmp_path: Path,
 ) -> None:
     settings = private_settings
