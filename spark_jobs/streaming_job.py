@@ -37,7 +37,7 @@ from spark_jobs.sinks.copy_lines import copy_line, csv_line
 from spark_jobs.sinks.elasticsearch import ElasticsearchSink
 from spark_jobs.sinks.outbox import OutboxPublisher
 from spark_jobs.sinks.partition_writer import DAY, EVENT_TS, VIOLATIONS
-from spark_jobs.sinks.postgres import MergeTarget, PostgresSink
+from spark_jobs.sinks.postgres import MergeTarget, PostgresBatch, PostgresSink
 from spark_jobs.sources.kafka import read_kafka_stream
 from tributary.catalog import PLATFORM, Pipeline, PlatformNames
 from tributary.clients import es_client, kafka_config, pg_connect
@@ -214,29 +214,48 @@ class StreamingJob:
             )
 
     # ---------------------------------------------------------------- event-time watermark
-    def stored_max_event_ts(self, query: str) -> datetime | None:
-        """The newest event time committed batches of `query` have seen (None: none yet)."""
+    def stored_max_event_ts(self, query: str, batch_id: int | None = None) -> datetime | None:
+        """The newest event time the batches of `query` before `batch_id` have seen (None: none yet).
+
+        A replay of the batch that last moved it (same id) gets the value from before that batch,
+        so it decides lateness and closes windows exactly as its first attempt did.
+        """
         conn = self.pg.connection()
         with conn.transaction():
             row = conn.execute(
-                f"SELECT max_event_ts FROM {self.platform.watermarks_table} WHERE job_name = %s AND query_name = %s",
+                f"SELECT max_event_ts, batch_id, previous_max_event_ts FROM {self.platform.watermarks_table} "
+                "WHERE job_name = %s AND query_name = %s",
                 (self.name, query),
             ).fetchone()
-        return None if row is None else row[0]
+        if row is None:
+            return None
+        newest, moved_by, previous = row
+        return previous if batch_id is not None and moved_by == batch_id else newest
 
-    def advance_max_event_ts(self, query: str, max_event_us: int | None) -> None:
-        """Moves the stored newest event time forward (never back) after a batch's rows are in."""
+    def advance_max_event_ts(
+        self, query: str, max_event_us: int | None, batch_id: int | None = None, batch: PostgresBatch | None = None
+    ) -> None:
+        """Moves the stored newest event time forward (never back) after batch `batch_id`'s rows are in.
+
+        With `batch`, inside that transaction (committing with what the batch decided).
+        """
         if max_event_us is None:
             return
         newest = datetime.fromtimestamp(max_event_us / 1_000_000, UTC)
-        with self.pg.batch(f"{self.name}.{query} watermark") as batch:
-            batch.execute(
-                f"""INSERT INTO {self.platform.watermarks_table} AS w (job_name, query_name, max_event_ts)
-                VALUES (%s, %s, %s)
-                ON CONFLICT (job_name, query_name) DO UPDATE
-                SET max_event_ts = greatest(w.max_event_ts, EXCLUDED.max_event_ts), updated_at = now()""",
-                (self.name, query, newest),
-            )
+        statement = f"""INSERT INTO {self.platform.watermarks_table} AS w (job_name, query_name, max_event_ts, batch_id)
+            VALUES (%s, %s, %s, %s)
+            ON CONFLICT (job_name, query_name) DO UPDATE SET
+                previous_max_event_ts = CASE WHEN w.batch_id IS NOT DISTINCT FROM EXCLUDED.batch_id
+                    THEN w.previous_max_event_ts ELSE w.max_event_ts END,
+                max_event_ts = greatest(w.max_event_ts, EXCLUDED.max_event_ts),
+                batch_id = EXCLUDED.batch_id,
+                updated_at = now()"""
+        params = (self.name, query, newest, batch_id)
+        if batch is not None:
+            batch.execute(statement, params)
+            return
+        with self.pg.batch(f"{self.name}.{query} watermark") as own:
+            own.execute(statement, params)
 
     # ---------------------------------------------------------------- running
     def desired_state(self) -> str | None:

@@ -121,9 +121,11 @@ class Tables:
     anomalies: str | None = None
     late: str | None = None
     lookup: str | None = None
+    # Window state a job keeps between batches (user_events: per-user 5 s activity buckets).
+    state: str | None = None
 
     def names(self) -> list[str]:
-        return [t for t in (self.raw, self.summary, self.anomalies, self.late, self.lookup) if t]
+        return [t for t in (self.raw, self.summary, self.anomalies, self.late, self.lookup, self.state) if t]
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,7 @@ USER_EVENTS = Pipeline(
         summary="user_activity_summary",
         anomalies="anomalous_events",
         lookup="users",
+        state="user_activity_buckets",
     ),
     indices=_frozen(
         {

@@ -87,7 +87,7 @@ EVENT_INDICES: Mapping[str, tuple[str, str]] = {
 # The streaming query of each pipeline's job that stores the raw rows and dead letters (the jobs'
 # query names; a unit test holds them to the job modules). Its heartbeats' end offsets bound the
 # Kafka check.
-RAW_QUERIES: Mapping[str, str] = {"user_events": "raw", "weather": "readings", "app_logs": "logs"}
+RAW_QUERIES: Mapping[str, str] = {"user_events": "events", "weather": "readings", "app_logs": "logs"}
 # The raw tables' event-time column (their partition key).
 RAW_EVENT_TIME = "event_ts"
 

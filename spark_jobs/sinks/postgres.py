@@ -183,6 +183,14 @@ class PostgresBatch:
             raise SinkError(f"{self.label}: writing {table} returned no result row")
         return tuple(row)
 
+    def fetch_all(
+        self, statement: sql.Composable | str, params: Mapping[str, Any], table: str
+    ) -> list[tuple[Any, ...]]:
+        """Runs a statement writing `table` (named in errors) and returns every result row."""
+        with self._errors(table):
+            self._cur.execute(statement, params)  # type: ignore[arg-type]
+            return [tuple(row) for row in self._cur.fetchall()]
+
     @contextmanager
     def _errors(self, table: str) -> Iterator[None]:
         try:

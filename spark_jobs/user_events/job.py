@@ -3,17 +3,20 @@
     spark-submit spark_jobs/user_events/job.py [--available-now] [--no-es] ...
     python -m spark_jobs.user_events.job --help
 
-Three streaming queries read the `user_events` topic, each with its own checkpoint:
+One streaming query, `events`, reads the `user_events` topic and parses it once per micro-batch:
 
-- `raw`: parse and validate; valid events to the raw table (+ Elasticsearch), invalid ones to
-  `dead_letters` and, through the outbox, to the dead-letter topic; violation counts per batch.
-- `windows_5s`: 5 s tumbling per-user activity (update mode: rows are upserted as they change).
-- `windows_60s`: 1 min windows sliding by 5 s (append mode: emitted once closed by the
-  watermark), upserted into the summary, scored for anomalies; anomalies go to their table,
-  to Elasticsearch and, through the outbox, to the alerts topic, exactly once per (user, window).
+- valid events to the raw table (+ Elasticsearch); invalid ones to `dead_letters` and, through
+  the outbox, to the dead-letter topic; violation counts per batch;
+- in the same partition transaction, the new events are added to per-user 5 s activity buckets,
+  written to the summary as the 5 s windows (upserted while they change);
+- after the partitions, the 1-minute windows sliding by 5 s that the watermark closed are summed
+  from their buckets, upserted into the summary and scored for anomalies; anomalies go to their
+  table, to Elasticsearch and, through the outbox, to the alerts topic, once per (user, window).
 
-Every sink is idempotent, so a batch replayed after a crash lands nothing twice. A sink error
-fails the query loudly (the supervisor restarts the job); bad records never do.
+The watermark (newest event time of earlier batches minus the catalog's lateness) is kept in
+PostgreSQL, so a replayed batch decides exactly as its first attempt did (see `merge.py`). Every
+sink is idempotent, so a batch replayed after a crash lands nothing twice. A sink error fails the
+query loudly (the supervisor restarts the job); bad records never do.
 """
 
 from __future__ import annotations
@@ -22,26 +25,33 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
+import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from spark_jobs import streaming_job
 from spark_jobs.sinks.copy_lines import copy_line, copy_payload
 from spark_jobs.sinks.outbox import OUTBOX
-from spark_jobs.sinks.partition_writer import RESULT_DDL, RawBatchWrite, merge_results
+from spark_jobs.sinks.partition_writer import RESULT_DDL, merge_results
 from spark_jobs.sinks.postgres import MergeTarget
 from spark_jobs.streaming_job import JobOptions, StreamingJob
 from spark_jobs.user_events import transforms as T
+from spark_jobs.user_events.merge import (
+    UserEventsBatchWrite,
+    close_windows_statement,
+    closes_a_window,
+    prune_buckets_statement,
+)
 from spark_jobs.user_events.writers import (
     ANOMALY_COLUMNS,
     SUMMARY_COLUMNS,
     WINDOW_KEY,
     anomaly_lines,
     event_document,
-    summary_line,
 )
 from tributary.catalog import PLATFORM, USER_EVENTS, Pipeline, PlatformNames, Window
 from tributary.clients import jdbc_url
@@ -50,6 +60,17 @@ from tributary.settings import Settings
 log = logging.getLogger("tributary.user_events")
 
 __all__ = ["SUMMARY_COLUMNS", "JobOptions", "UserEventsJob", "main"]
+
+QUERY = "events"
+# The closed windows the anomaly scoring reads (`close_windows_statement` returns them).
+CLOSED_ARROW = pa.schema(
+    [
+        ("user_id", pa.int64()),
+        ("window_start", pa.timestamp("us", tz="UTC")),
+        ("window_seconds", pa.int32()),
+        ("event_count", pa.int64()),
+    ]
+)
 
 
 class UsersLookup:
@@ -78,7 +99,7 @@ class UsersLookup:
 
 
 class UserEventsJob(StreamingJob):
-    """Builds and runs the three queries of one pipeline instance."""
+    """Builds and runs the job's one query for one pipeline instance."""
 
     def __init__(
         self,
@@ -88,107 +109,153 @@ class UserEventsJob(StreamingJob):
         pipeline: Pipeline = USER_EVENTS,
         platform: PlatformNames = PLATFORM,
     ) -> None:
-        if pipeline.anomaly is None or pipeline.tables.summary is None or pipeline.tables.anomalies is None:
-            raise ValueError(f"pipeline {pipeline.name} lacks the summary/anomaly entries this job needs")
+        tables = pipeline.tables
+        if pipeline.anomaly is None or tables.summary is None or tables.anomalies is None or tables.state is None:
+            raise ValueError(f"pipeline {pipeline.name} lacks the summary/anomaly/state entries this job needs")
         super().__init__(spark, settings, options, pipeline, platform)
         self.rules = pipeline.anomaly
+        self.short, self.sliding = self._windows()
         self.actions: tuple[str, ...] = pipeline.validation.allowed_actions  # type: ignore[union-attr]
         self.events_index = pipeline.indices["events"]
         self.anomalies_index = pipeline.indices["anomalies"]
         self.raw = self.raw_target(T.EVENT_COLUMNS)
-        self.summary = MergeTarget(pipeline.tables.summary, SUMMARY_COLUMNS, key=WINDOW_KEY, update=True)
-        self.anomalies = MergeTarget(pipeline.tables.anomalies, ANOMALY_COLUMNS, key=WINDOW_KEY)
-        self.users = UsersLookup(
-            spark, settings.pg_url, pipeline.tables.lookup or "users", self.options.users_refresh_s
-        )
+        self.summary_table = tables.summary
+        self.buckets_table = tables.state
+        self.anomalies = MergeTarget(tables.anomalies, ANOMALY_COLUMNS, key=WINDOW_KEY)
+        self.users = UsersLookup(spark, settings.pg_url, tables.lookup or "users", self.options.users_refresh_s)
+
+    def _windows(self) -> tuple[Window, Window]:
+        """(the 5 s tumbling window, the sliding anomaly window summed from its buckets)."""
+        sliding = self.rules.window
+        others = [w for w in self.pipeline.windows if w != sliding]
+        if len(others) != 1 or others[0].slide_s is not None:
+            raise ValueError(f"{self.name}: expected one tumbling window besides the anomaly window, got {others}")
+        short = others[0]
+        if sliding.slide_s != short.duration_s or sliding.duration_s % short.duration_s:
+            raise ValueError(
+                f"{self.name}: the anomaly window ({sliding.name}) must slide by the tumbling window's "
+                f"{short.duration_s}s and span a whole number of them: it is summed from those buckets"
+            )
+        if sliding.watermark_s < short.watermark_s:
+            raise ValueError(
+                f"{self.name}: the anomaly window's watermark ({sliding.watermark_s}s) must be at least the "
+                f"tumbling window's ({short.watermark_s}s): its buckets must be final when it closes"
+            )
+        return short, sliding
 
     # ---------------------------------------------------------------- queries
     def query_builders(self) -> dict[str, Callable[[], StreamingQuery]]:
-        short, sliding = self._windows()
-
-        def valid() -> DataFrame:
-            return T.valid_events(T.parse_user_events(self.read(), self.pipeline))
-
-        return {
-            "raw": lambda: self.writer(self.read(), "raw", "append", self.write_raw_batch),
-            "windows_5s": lambda: self.writer(
-                T.activity_windows(valid(), short, self.actions), "windows_5s", "update", self.write_short_windows
-            ),
-            "windows_60s": lambda: self.writer(
-                T.activity_windows(valid(), sliding, self.actions), "windows_60s", "append", self.write_closed_windows
-            ),
-        }
-
-    def _windows(self) -> tuple[Window, Window]:
-        sliding = self.rules.window
-        others = [w for w in self.pipeline.windows if w != sliding]
-        if len(others) != 1:
-            raise ValueError(f"{self.name}: expected one window besides the anomaly window, got {others}")
-        return others[0], sliding
+        return {QUERY: lambda: self.writer(self.read(), QUERY, "append", self.write_batch)}
 
     # ---------------------------------------------------------------- batches
-    def write_raw_batch(self, df: DataFrame, batch_id: int) -> None:
-        label = f"{self.name}.raw batch {batch_id}"
+    def write_batch(self, df: DataFrame, batch_id: int) -> None:
+        label = f"{self.name}.{QUERY} batch {batch_id}"
+        newest_before = self.stored_max_event_ts(QUERY, batch_id)
+        watermark = _minus(newest_before, self.short.watermark_s)
         staged = self.with_dead_letter_columns(T.parse_user_events(df, self.pipeline))
         good = [F.struct(F.lit("raw").alias("kind"), copy_line(staged.schema, self.raw.columns).alias("line"))]
         if self.es is not None:
             good.append(F.struct(F.lit("es").alias("kind"), event_document(self.events_index).alias("line")))
         lines = self.split_lines(staged, good, self.dead_letter_lines(staged))
-        write = RawBatchWrite(self.settings, label, self.raw, self.dead, OUTBOX, self.es is not None)
+        write = UserEventsBatchWrite(
+            self.settings,
+            label,
+            self.raw,
+            self.dead,
+            OUTBOX,
+            self.es is not None,
+            buckets_table=self.buckets_table,
+            summary_table=self.summary_table,
+            actions=self.actions,
+            bucket_seconds=self.short.duration_s,
+            watermark=watermark,
+        )
+        started = time.perf_counter()
         result = merge_results([row.asDict() for row in lines.mapInArrow(write, RESULT_DDL).collect()])
-        self.record_batch_counts("raw", batch_id, result)
+        written = time.perf_counter()
+        newest = newest_before
+        if result["max_event_us"] is not None:
+            batch_newest = datetime.fromtimestamp(result["max_event_us"] / 1_000_000, UTC)
+            newest = batch_newest if newest is None else max(newest, batch_newest)
+        anomalies = self.close_windows(
+            label, batch_id, _minus(newest_before, self.sliding.watermark_s), _minus(newest, self.sliding.watermark_s)
+        )
+        closed = time.perf_counter()
+        self.advance_max_event_ts(QUERY, result["max_event_us"], batch_id)
+        self.record_batch_counts(QUERY, batch_id, result, watermark)
         published = self.outbox.publish_pending()
         log.info(
-            "%s: %s valid (%s new), %s dead letters %s, es created %s (already there %s), published %s",
+            "%s: %s valid (%s new, %s late, watermark %s), %s dead letters %s, es created %s (already there %s), "
+            "%s anomalies, published %s; rows written in %.1fs, windows closed in %.1fs",
             label,
             result["valid"],
             result["raw_new"],
+            result["late"],
+            watermark,
             result["dead"],
             result["violations"],
             result["es_created"],
             result["es_present"],
+            anomalies,
             published.published,
+            written - started,
+            closed - written,
         )
 
-    def write_short_windows(self, df: DataFrame, batch_id: int) -> None:
-        label = f"{self.name}.windows_5s batch {batch_id}"
-        lines = df.select(copy_line(df.schema, self.summary.columns).alias("line")).toArrow()
-        with self.pg.batch(label) as batch:
-            batch.merge(self.summary, copy_payload(lines.column("line")))
-        log.info("%s: %s window rows upserted", label, lines.num_rows)
+    def close_windows(self, label: str, batch_id: int, after: datetime | None, through: datetime | None) -> int:
+        """Closes the sliding windows ending in (after, through]: summary rows, anomalies, alerts.
 
-    def write_closed_windows(self, df: DataFrame, batch_id: int) -> None:
-        label = f"{self.name}.windows_60s batch {batch_id}"
-        windows = df.persist()
-        try:
-            anomalies = T.score_anomalies(T.enrich_with_users(windows, self.users.current()), self.rules)
-            lines = windows.select(
-                F.lit("summary").alias("kind"), summary_line(windows.schema).alias("line")
-            ).unionByName(anomalies.select(F.inline(F.array(*self._anomaly_lines(anomalies)))))
-            table = lines.toArrow()
-        finally:
-            windows.unpersist()
-        kinds = table.column("kind")
-        found = table.filter(pc.equal(kinds, "anomaly"))
-        summary = table.filter(pc.equal(kinds, "summary"))
-        with self.pg.batch(label) as batch:
-            batch.merge(self.summary, copy_payload(summary.column("line")))
+        Returns the anomalies found. Run after the batch's partitions committed and before the
+        watermark advances, so a replay closes the same windows from the same buckets.
+        """
+        seconds, slide = self.sliding.duration_s, self.short.duration_s
+        if not closes_a_window(after, through, seconds, slide):
+            return 0
+        params = {"after": after, "through": through, "seconds": seconds, "slide": slide}
+        started = time.perf_counter()
+        with self.pg.batch(f"{label} closing windows") as batch:
+            closed = batch.fetch_all(
+                close_windows_statement(self.buckets_table, self.summary_table, self.actions),
+                params,
+                self.summary_table,
+            )
+            if after is not None:
+                batch.execute(prune_buckets_statement(self.buckets_table), params)
+        summed = time.perf_counter()
+        if not closed:
+            return 0
+        # Through Arrow: tens of thousands of closed windows per batch are common when catching up.
+        columns = zip(*closed, strict=True)
+        arrays = [pa.array(values, field.type) for values, field in zip(columns, CLOSED_ARROW, strict=True)]
+        windows = self.spark.createDataFrame(pa.Table.from_arrays(arrays, schema=CLOSED_ARROW))
+        anomalies = T.score_anomalies(T.enrich_with_users(windows, self.users.current()), self.rules)
+        index = self.anomalies_index if self.es is not None else None
+        lines = anomalies.select(
+            F.inline(F.array(*anomaly_lines(anomalies, self.name, self.platform.alerts_topic.name, index)))
+        ).toArrow()
+        kinds = lines.column("kind")
+        found = lines.filter(pc.equal(kinds, "anomaly"))
+        with self.pg.batch(f"{label} anomalies") as batch:
             batch.merge(self.anomalies, copy_payload(found.column("line")))
-            batch.merge(OUTBOX, copy_payload(table.filter(pc.equal(kinds, "alert")).column("line")))
+            batch.merge(OUTBOX, copy_payload(lines.filter(pc.equal(kinds, "alert")).column("line")))
         if self.es is not None:
-            self.es.write(label, table.filter(pc.equal(kinds, "es")).column("line"))
-        self.outbox.publish_pending()
+            self.es.write(label, lines.filter(pc.equal(kinds, "es")).column("line"))
         log.info(
-            "%s: %s closed windows, %s anomalies (%s new)",
+            "%s: %s windows of %ss closed through %s (summed in %.1fs, scored in %.1fs), %s anomalies (%s new)",
             label,
-            summary.num_rows,
+            len(closed),
+            seconds,
+            through,
+            summed - started,
+            time.perf_counter() - summed,
             found.num_rows,
             batch.counts.get(self.anomalies.table, 0),
         )
+        return found.num_rows
 
-    def _anomaly_lines(self, anomalies: DataFrame) -> list[Column]:
-        index = self.anomalies_index if self.es is not None else None
-        return anomaly_lines(anomalies, self.name, self.platform.alerts_topic.name, index)
+
+def _minus(moment: datetime | None, seconds: int) -> datetime | None:
+    return None if moment is None else moment - timedelta(seconds=seconds)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,14 +62,14 @@ class WeatherJob(StreamingJob):
     def query_builders(self) -> dict[str, Callable[[], StreamingQuery]]:
         return {QUERY: lambda: self.writer(self.read(), QUERY, "append", self.write_batch)}
 
-    def watermark(self) -> datetime | None:
-        """Readings older than this are late: the newest event time seen so far minus the lateness."""
-        newest = self.stored_max_event_ts(QUERY)
+    def watermark(self, batch_id: int | None = None) -> datetime | None:
+        """Readings older than this are late: the newest event time of earlier batches minus the lateness."""
+        newest = self.stored_max_event_ts(QUERY, batch_id)
         return None if newest is None else newest - timedelta(seconds=self.window.watermark_s)
 
     def write_batch(self, df: DataFrame, batch_id: int) -> None:
         label = f"{self.name}.{QUERY} batch {batch_id}"
-        watermark = self.watermark()
+        watermark = self.watermark(batch_id)
         staged = self.with_dead_letter_columns(T.parse_readings(df, self.pipeline))
         good = [F.struct(F.lit("raw").alias("kind"), copy_line(staged.schema, self.raw.columns).alias("line"))]
         lines = self.split_lines(staged, good, self.dead_letter_lines(staged))
@@ -86,8 +86,8 @@ class WeatherJob(StreamingJob):
             watermark=watermark,
         )
         result = merge_results([row.asDict() for row in lines.mapInArrow(write, RESULT_DDL).collect()])
-        # After the rows are committed: a replay of this batch then reads the same watermark.
-        self.advance_max_event_ts(QUERY, result["max_event_us"])
+        # After the rows are committed; a replay of this batch (same id) still reads the watermark above.
+        self.advance_max_event_ts(QUERY, result["max_event_us"], batch_id)
         self.record_batch_counts(QUERY, batch_id, result, watermark)
         published = self.outbox.publish_pending()
         log.info(

@@ -18,6 +18,7 @@ from spark_jobs.batch.reconcile_summaries import (
     values_agree,
     weather_summary_spec,
 )
+from spark_jobs.user_events import job as user_events_job
 from spark_jobs.weather import job as weather_job
 from tributary.catalog import APP_LOGS, PIPELINES, USER_EVENTS, WEATHER
 from tributary.reconciliation import (
@@ -57,6 +58,7 @@ def weather_row(count: int = 10, **changes: float) -> dict[str, Any]:
 
 
 def test_the_kafka_check_reads_the_end_offsets_of_the_query_that_stores_raw() -> None:
+    assert RAW_QUERIES["user_events"] == user_events_job.QUERY
     assert RAW_QUERIES["weather"] == weather_job.QUERY
     assert RAW_QUERIES["app_logs"] == app_logs_job.QUERY
     assert set(RAW_QUERIES) == set(PIPELINES)
