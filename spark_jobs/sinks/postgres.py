@@ -165,6 +165,29 @@ class PostgresBatch:
                     copy.write(chunk)
         return stage
 
+    def copy_new(self, target: MergeTarget, payload: Iterable[memoryview | bytes]) -> int | None:
+        """COPY `payload` straight into the target; None (nothing written) if a key already exists.
+
+        About twice as fast as staging and merging. Runs in a savepoint, so a key conflict (a
+        replayed range) undoes only this COPY; the caller then merges through staging instead.
+        """
+        cols = sql.SQL(", ").join(map(sql.Identifier, target.columns))
+        statement = sql.SQL("COPY {table} ({cols}) FROM STDIN (FORMAT csv)").format(
+            table=sql.Identifier(target.table), cols=cols
+        )
+        try:
+            with self._conn.transaction(), self._cur.copy(statement) as copy:
+                for chunk in payload:
+                    copy.write(chunk)
+        except psycopg.errors.UniqueViolation:
+            return None
+        except psycopg.Error as exc:
+            with self._errors(target.table):
+                raise exc
+        copied = self._cur.rowcount
+        self.counts[target.table] = self.counts.get(target.table, 0) + copied
+        return copied
+
     def merge(self, target: MergeTarget, payload: Iterable[memoryview | bytes]) -> int:
         """COPY `payload` (CSV lines of `target.columns`) into staging, merge; returns rows merged."""
         stage = self.stage(target, payload)

@@ -34,24 +34,24 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from spark_jobs import streaming_job
-from spark_jobs.sinks.copy_lines import copy_line, copy_payload
+from spark_jobs.sinks.copy_lines import copy_payload
 from spark_jobs.sinks.outbox import OUTBOX
 from spark_jobs.sinks.partition_writer import RESULT_DDL, merge_results
 from spark_jobs.sinks.postgres import MergeTarget
 from spark_jobs.streaming_job import JobOptions, StreamingJob
 from spark_jobs.user_events import transforms as T
 from spark_jobs.user_events.merge import (
-    UserEventsBatchWrite,
+    UserEventsPartitionWrite,
     close_windows_statement,
     closes_a_window,
     prune_buckets_statement,
 )
+from spark_jobs.user_events.parse import UserEventParser
 from spark_jobs.user_events.writers import (
     ANOMALY_COLUMNS,
     SUMMARY_COLUMNS,
     WINDOW_KEY,
     anomaly_lines,
-    event_document,
 )
 from tributary.catalog import PLATFORM, USER_EVENTS, Pipeline, PlatformNames, Window
 from tributary.clients import jdbc_url
@@ -119,6 +119,7 @@ class UserEventsJob(StreamingJob):
         self.events_index = pipeline.indices["events"]
         self.anomalies_index = pipeline.indices["anomalies"]
         self.raw = self.raw_target(T.EVENT_COLUMNS)
+        self.parser = UserEventParser(pipeline)
         self.summary_table = tables.summary
         self.buckets_table = tables.state
         self.anomalies = MergeTarget(tables.anomalies, ANOMALY_COLUMNS, key=WINDOW_KEY)
@@ -152,26 +153,26 @@ class UserEventsJob(StreamingJob):
         label = f"{self.name}.{QUERY} batch {batch_id}"
         newest_before = self.stored_max_event_ts(QUERY, batch_id)
         watermark = _minus(newest_before, self.short.watermark_s)
-        staged = self.with_dead_letter_columns(T.parse_user_events(df, self.pipeline))
-        good = [F.struct(F.lit("raw").alias("kind"), copy_line(staged.schema, self.raw.columns).alias("line"))]
-        if self.es is not None:
-            good.append(F.struct(F.lit("es").alias("kind"), event_document(self.events_index).alias("line")))
-        lines = self.split_lines(staged, good, self.dead_letter_lines(staged))
-        write = UserEventsBatchWrite(
+        write = UserEventsPartitionWrite(
             self.settings,
             label,
+            self.parser,
             self.raw,
             self.dead,
             OUTBOX,
-            self.es is not None,
+            pipeline_name=self.name,
+            dead_letter_topic=self.platform.dead_letter_topic.name,
+            events_index=self.events_index if self.es is not None else None,
             buckets_table=self.buckets_table,
             summary_table=self.summary_table,
             actions=self.actions,
             bucket_seconds=self.short.duration_s,
             watermark=watermark,
         )
+        # Parsing happens in the writer: the records cross from the JVM to Python once.
+        records = df.select("value", "topic", "partition", "offset", "timestamp")
         started = time.perf_counter()
-        result = merge_results([row.asDict() for row in lines.mapInArrow(write, RESULT_DDL).collect()])
+        result = merge_results([row.asDict() for row in records.mapInArrow(write, RESULT_DDL).collect()])
         written = time.perf_counter()
         newest = newest_before
         if result["max_event_us"] is not None:

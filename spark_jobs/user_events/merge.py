@@ -23,15 +23,40 @@ instead of deadlocking.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg import sql
 
-from spark_jobs.sinks.copy_lines import copy_payload
-from spark_jobs.sinks.partition_writer import LINE, RawBatchWrite
-from spark_jobs.sinks.postgres import PostgresBatch, epoch_window_start
+from spark_jobs.sinks.arrow_lines import array_literal, bulk_payload, csv_payload, dead_letter_payloads, iso_millis
+from spark_jobs.sinks.elasticsearch import ElasticsearchSink
+from spark_jobs.sinks.partition_writer import RESULT_SCHEMA, value_counts
+from spark_jobs.sinks.postgres import MergeTarget, PostgresBatch, PostgresSink, epoch_window_start
+from spark_jobs.streaming_job import DLQ_PAYLOAD_BYTES
+from spark_jobs.user_events.parse import PARSED_SCHEMA, UserEventParser
+from spark_jobs.user_events.writers import ES_EVENT_FIELDS
+from tributary.catalog import Index
+from tributary.clients import es_client
+from tributary.settings import Settings
+
+# What the writer stages for `fold_buckets_statement`: the bucket table's columns.
+BUCKET_COLUMNS = (
+    "bucket_start",
+    "user_id",
+    "event_count",
+    "products",
+    "action_counts",
+    "first_event_ts",
+    "last_event_ts",
+)
+_TS = pa.timestamp("us", tz="UTC")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
 
 
 def _counts_object(actions: tuple[str, ...], count: str) -> sql.Composed:
@@ -59,10 +84,6 @@ def merge_statement(
     per_action = sql.SQL(", ").join(
         sql.SQL("count(*) FILTER (WHERE action = {a})").format(a=sql.Literal(a)) for a in actions
     )
-    added = sql.SQL(", ").join(
-        sql.SQL("b.action_counts[{i}] + EXCLUDED.action_counts[{i}]").format(i=sql.Literal(i))
-        for i in range(1, len(actions) + 1)
-    )
     return sql.SQL(
         """
 WITH new AS (
@@ -77,7 +98,52 @@ WITH new AS (
     WHERE %(watermark)s::timestamptz IS NULL
        OR {bucket} + make_interval(secs => %(seconds)s) > %(watermark)s::timestamptz
     GROUP BY 1, 2
-), buckets AS (
+), {fold}
+SELECT (SELECT count(*) FROM new),
+       (SELECT count(*) FROM new) - (SELECT coalesce(sum(event_count), 0) FROM grouped),
+       (SELECT count(*) FROM summary)
+"""
+    ).format(
+        raw=sql.Identifier(raw_table),
+        raw_columns=sql.SQL(", ").join(map(sql.Identifier, raw_columns)),
+        stage=sql.Identifier(stage),
+        bucket=epoch_window_start("event_ts"),
+        per_action=per_action,
+        fold=_fold_grouped(buckets_table, summary_table, actions),
+    )
+
+
+def fold_buckets_statement(
+    stage: str, buckets_table: str, summary_table: str, actions: tuple[str, ...]
+) -> sql.Composed:
+    """Steps 2-3 for buckets grouped by the writer (`BUCKET_COLUMNS` staged in `stage`).
+
+    The fast path: when a partition's events were all new to the raw table (a plain COPY
+    succeeded), the writer groups them itself and only the bucket rows reach PostgreSQL.
+    Parameter `seconds` (the bucket width); returns one row: the 5 s rows written.
+    """
+    return sql.SQL(
+        """
+WITH grouped AS (
+    SELECT {columns} FROM {stage}
+), {fold}
+SELECT count(*) FROM summary
+"""
+    ).format(
+        columns=sql.SQL(", ").join(map(sql.Identifier, BUCKET_COLUMNS)),
+        stage=sql.Identifier(stage),
+        fold=_fold_grouped(buckets_table, summary_table, actions),
+    )
+
+
+def _fold_grouped(buckets_table: str, summary_table: str, actions: tuple[str, ...]) -> sql.Composed:
+    """CTEs `buckets` and `summary`: add the `grouped` rows to the buckets, upsert their 5 s rows."""
+    added = sql.SQL(", ").join(
+        sql.SQL("b.action_counts[{i}] + EXCLUDED.action_counts[{i}]").format(i=sql.Literal(i))
+        for i in range(1, len(actions) + 1)
+    )
+    return sql.SQL(
+        """buckets AS (
     INSERT INTO {buckets} AS b
         (bucket_start, user_id, event_count, products, action_counts, first_event_ts, last_event_ts)
     SELECT * FROM grouped ORDER BY bucket_start, user_id
@@ -100,19 +166,10 @@ WITH new AS (
         action_counts = EXCLUDED.action_counts, first_event_ts = EXCLUDED.first_event_ts,
         last_event_ts = EXCLUDED.last_event_ts, updated_at = now()
     RETURNING 1
-)
-SELECT (SELECT count(*) FROM new),
-       (SELECT count(*) FROM new) - (SELECT coalesce(sum(event_count), 0) FROM grouped),
-       (SELECT count(*) FROM summary)
-"""
+)"""
     ).format(
-        raw=sql.Identifier(raw_table),
-        raw_columns=sql.SQL(", ").join(map(sql.Identifier, raw_columns)),
-        stage=sql.Identifier(stage),
         buckets=sql.Identifier(buckets_table),
         summary=sql.Identifier(summary_table),
-        bucket=epoch_window_start("event_ts"),
-        per_action=per_action,
         added=added,
         counts=_counts_object(actions, "action_counts[{i}]"),
     )
@@ -187,23 +244,188 @@ def closes_a_window(after: datetime | None, through: datetime | None, seconds: i
     return last_closed_start(through) > last_closed_start(after)
 
 
+def bucket_rows(
+    events: pa.Table, actions: tuple[str, ...], seconds: int, watermark: datetime | None
+) -> tuple[pa.Table, int]:
+    """Valid events grouped per (bucket, user) exactly as `merge_statement` groups them.
+
+    Returns (`BUCKET_COLUMNS` rows ready for COPY, events left out as late). A bucket is the
+    epoch-aligned `seconds` window of the event; events whose bucket ended by the watermark are
+    late (kept in the raw table, left out of the windows).
+    """
+    if events.num_rows == 0:
+        return pa.table({name: pa.array([], pa.string()) for name in BUCKET_COLUMNS}), 0
+    event_us = np.asarray(pc.cast(events.column("event_ts"), pa.int64()))
+    width = seconds * 1_000_000
+    start = (event_us // width) * width  # floor division: pre-1970 events land as date_bin puts them
+    keep = np.ones(len(event_us), dtype=bool)
+    if watermark is not None:
+        keep = start + width > (watermark - _EPOCH) // _ONE_US
+    late = int(len(keep) - np.count_nonzero(keep))
+    action = events.column("action")
+    per_action = {f"_n{i}": pc.cast(pc.equal(action, a), pa.int64()) for i, a in enumerate(actions)}
+    table = pa.table(
+        {
+            "bucket_start": start,
+            "user_id": events.column("user_id"),
+            "product_id": events.column("product_id"),
+            "event_us": event_us,
+            **per_action,
+        }
+    ).filter(pa.array(keep))
+    grouped = table.group_by(["bucket_start", "user_id"], use_threads=False).aggregate(
+        [
+            ("event_us", "count"),
+            ("product_id", "distinct"),
+            ("event_us", "min"),
+            ("event_us", "max"),
+            *((name, "sum") for name in per_action),
+        ]
+    )
+    counts = pc.binary_join_element_wise(*(pc.cast(grouped[f"{name}_sum"], pa.string()) for name in per_action), ",")
+    return (
+        pa.table(
+            {
+                "bucket_start": pc.cast(grouped["bucket_start"], _TS),
+                "user_id": grouped["user_id"],
+                "event_count": grouped["event_us_count"],
+                "products": array_literal(grouped["product_id_distinct"]),
+                "action_counts": pc.binary_join_element_wise("{", counts, "}", ""),
+                "first_event_ts": pc.cast(grouped["event_us_min"], _TS),
+                "last_event_ts": pc.cast(grouped["event_us_max"], _TS),
+            }
+        ),
+        late,
+    )
+
+
+# One connection per Python worker and database: workers are reused across tasks and batches.
+_SINKS: dict[str, PostgresSink] = {}
+
+
+def _sink(pg_url: str) -> PostgresSink:
+    if pg_url not in _SINKS:
+        _SINKS[pg_url] = PostgresSink(pg_url, application_name="tributary-user-events-writer")
+    return _SINKS[pg_url]
+
+
 @dataclass(frozen=True)
-class UserEventsBatchWrite(RawBatchWrite):
-    """A `RawBatchWrite` whose raw merge also adds the new events to the 5 s buckets and windows."""
+class UserEventsPartitionWrite:
+    """Parses, validates and writes one Spark partition (one Kafka offset range); pickled to workers.
 
-    buckets_table: str = "user_activity_buckets"
-    summary_table: str = "user_activity_summary"
-    actions: tuple[str, ...] = ()
-    bucket_seconds: int = 5
-    watermark: datetime | None = None
+    Input: the Kafka source's record batches. In one PostgreSQL transaction: dead letters and
+    their outbox messages, the raw events, and the new events added to the 5 s buckets and rows.
+    The raw events are COPYed straight into the table, and the writer groups them into buckets
+    itself; if any of them is already stored (a replayed range), that COPY is undone and the
+    staged merge (`merge_statement`) adds only the events new to the table. Yields one
+    `RESULT_SCHEMA` row.
+    """
 
-    def merge_raw(self, batch: PostgresBatch, raw: pa.Table) -> tuple[int, int]:
-        stage = batch.stage(self.raw, copy_payload(raw.column(LINE)))
-        new, late, _windows = batch.query_one(
-            merge_statement(
-                self.raw.table, self.raw.columns, stage, self.buckets_table, self.summary_table, self.actions
-            ),
-            {"watermark": self.watermark, "seconds": self.bucket_seconds},
-            self.raw.table,
+    settings: Settings
+    label: str
+    parser: UserEventParser
+    raw: MergeTarget
+    dead: MergeTarget
+    outbox: MergeTarget
+    pipeline_name: str
+    dead_letter_topic: str
+    # The events index, or None with Elasticsearch off.
+    events_index: Index | None
+    buckets_table: str
+    summary_table: str
+    actions: tuple[str, ...]
+    bucket_seconds: int
+    watermark: datetime | None
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        parsed = pa.Table.from_batches([self.parser.parse(b) for b in batches], schema=PARSED_SCHEMA)
+        if parsed.num_rows == 0:
+            return
+        valid = pc.equal(pc.list_value_length(parsed.column("violations")), 0)
+        raw, invalid = parsed.filter(valid), parsed.filter(pc.invert(valid))
+        dead_lines, outbox_lines = dead_letter_payloads(
+            invalid,
+            pipeline=self.pipeline_name,
+            dead_letter_topic=self.dead_letter_topic,
+            dlq_payload_bytes=DLQ_PAYLOAD_BYTES,
         )
-        return int(new), int(late)
+        sink = _sink(self.settings.pg_url)
+        sink.ensure_day_partitions(self.raw.table, pc.unique(pc.cast(raw.column("event_ts"), pa.date32())).to_pylist())
+        with sink.batch(self.label) as batch:
+            batch.merge(self.dead, [dead_lines])
+            batch.merge(self.outbox, [outbox_lines])
+            # Last: the bucket and 5 s row locks are then held only until the commit right after.
+            raw_new, late = self._merge_raw(batch, raw)
+        es_created = es_present = 0
+        if self.events_index is not None and raw.num_rows:
+            result = ElasticsearchSink(es_client(self.settings)).write(self.label, self._documents(raw))
+            es_created, es_present = result.created, result.already_present
+        event_us = pc.cast(raw.column("event_ts"), pa.int64())
+        newest = pc.max(event_us).as_py() if raw.num_rows else None
+        yield pa.RecordBatch.from_pylist(
+            [
+                {
+                    "rows": parsed.num_rows,
+                    "valid": raw.num_rows,
+                    "dead": invalid.num_rows,
+                    "raw_new": raw_new,
+                    "es_created": es_created,
+                    "es_present": es_present,
+                    "violations": json.dumps(value_counts(invalid.column("violations"))),
+                    "late": late,
+                    "max_event_us": newest,
+                    "touched": "[]",
+                }
+            ],
+            schema=RESULT_SCHEMA,
+        )
+
+    def _merge_raw(self, batch: PostgresBatch, raw: pa.Table) -> tuple[int, int]:
+        """Raw events and their buckets; returns (events new to the raw table, of those late)."""
+        if raw.num_rows == 0:
+            return 0, 0
+        lines = csv_payload(raw, self.raw.columns)
+        copied = batch.copy_new(self.raw, [lines])
+        if copied is None:
+            stage = batch.stage(self.raw, [lines])
+            new, late, _rows = batch.query_one(
+                merge_statement(
+                    self.raw.table, self.raw.columns, stage, self.buckets_table, self.summary_table, self.actions
+                ),
+                {"watermark": self.watermark, "seconds": self.bucket_seconds},
+                self.raw.table,
+            )
+            return int(new), int(late)
+        grouped, late = bucket_rows(raw, self.actions, self.bucket_seconds, self.watermark)
+        if grouped.num_rows:
+            target = MergeTarget(self.buckets_table, BUCKET_COLUMNS, key=("bucket_start", "user_id"))
+            stage = batch.stage(target, [csv_payload(grouped, BUCKET_COLUMNS)])
+            batch.query_one(
+                fold_buckets_statement(stage, self.buckets_table, self.summary_table, self.actions),
+                {"seconds": self.bucket_seconds},
+                self.buckets_table,
+            )
+        return copied, late
+
+    def _documents(self, raw: pa.Table) -> pa.ChunkedArray:
+        """Bulk `create` lines of the valid events, id = source position (as `event_document`)."""
+        assert self.events_index is not None
+        ids = [
+            f"{t}-{p}-{o}"
+            for t, p, o in zip(
+                raw.column("topic").to_pylist(),
+                raw.column("kafka_partition").to_pylist(),
+                raw.column("kafka_offset").to_pylist(),
+                strict=True,
+            )
+        ]
+        ingested = iso_millis((datetime.now(UTC) - _EPOCH) // _ONE_US)
+        lines = bulk_payload(
+            raw,
+            self.events_index,
+            ids,
+            pc.cast(raw.column("event_ts"), pa.int64()).to_pylist(),
+            ES_EVENT_FIELDS,
+            {"ingested_at": ingested},
+        )
+        return pa.chunked_array([pa.array(lines, pa.binary()).cast(pa.string())])

@@ -7,25 +7,51 @@ comes from the catalog entry passed in.
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window as SqlWindow
 
-from spark_jobs.validation import IP_PATTERN, all_of, failed, storable_json_text
-from tributary.catalog import AnomalyRules, Pipeline, UserEventRules, Window
+from spark_jobs.user_events.parse import (
+    EVENT_COLUMNS,
+    PARSED_DDL,
+    RULE_ACTION,
+    RULE_IP,
+    RULE_JSON,
+    RULE_LOCATION,
+    RULE_PRODUCT_ID,
+    RULE_REQUIRED,
+    RULE_STRING_LENGTH,
+    RULE_TS_FUTURE,
+    RULE_TS_PARSE,
+    RULE_USER_ID,
+    RULE_UTF8,
+    UserEventParser,
+)
+from tributary.catalog import AnomalyRules, Pipeline, Window
 
-# Rule names, as stored in dead_letters.reasons and counted per batch.
-RULE_UTF8 = "payload_utf8"
-RULE_JSON = "json_object"
-RULE_REQUIRED = "required_fields"
-RULE_USER_ID = "user_id_positive"
-RULE_PRODUCT_ID = "product_id_positive"
-RULE_ACTION = "action_allowed"
-RULE_TS_PARSE = "timestamp_parseable"
-RULE_TS_FUTURE = "timestamp_not_future"
-RULE_LOCATION = "location_length"
-RULE_STRING_LENGTH = "string_length"
-RULE_IP = "ip_valid"
+# The rule names and event columns are defined with the parser; they are part of this module's API.
+__all__ = [
+    "ALL_RULES",
+    "EVENT_COLUMNS",
+    "RULE_ACTION",
+    "RULE_IP",
+    "RULE_JSON",
+    "RULE_LOCATION",
+    "RULE_PRODUCT_ID",
+    "RULE_REQUIRED",
+    "RULE_STRING_LENGTH",
+    "RULE_TS_FUTURE",
+    "RULE_TS_PARSE",
+    "RULE_USER_ID",
+    "RULE_UTF8",
+    "activity_windows",
+    "dead_letters",
+    "enrich_with_users",
+    "parse_user_events",
+    "score_anomalies",
+    "valid_events",
+    "violation_counts",
+]
 
 ALL_RULES = (
     RULE_UTF8,
@@ -41,125 +67,16 @@ ALL_RULES = (
     RULE_IP,
 )
 
-_INTEGER_TYPES = ("TINYINT", "SMALLINT", "INT", "BIGINT")
-
-# Validated event columns, in the order of the raw table.
-EVENT_COLUMNS = (
-    "topic",
-    "kafka_partition",
-    "kafka_offset",
-    "kafka_timestamp",
-    "event_ts",
-    "user_id",
-    "product_id",
-    "action",
-    "device_id",
-    "device_type",
-    "location",
-    "user_segment",
-    "ip_address",
-)
-STRING_FIELDS = ("action", "device_id", "device_type", "location", "user_segment", "ip_address")
-
 
 def parse_user_events(kafka_rows: DataFrame, pipeline: Pipeline) -> DataFrame:
     """Kafka records -> one row per record: typed event fields plus `violations` (rule names).
 
     Input columns are those of the Kafka source (key, value, topic, partition, offset, timestamp).
     A record is valid when `violations` is empty. Malformed input of any kind (binary, truncated
-    JSON, wrong types, huge strings) yields violations, never an error: `try_*` functions only.
+    JSON, wrong types, huge strings) yields violations, never an error. The rules are those of
+    `UserEventParser` (`parse.py`), which the streaming job also runs inside its batch writer.
     """
-    rules = pipeline.validation
-    if not isinstance(rules, UserEventRules):
-        raise TypeError(f"pipeline {pipeline.name} does not carry user-event validation rules")
-
-    # Staged projections: the JSON is parsed once into `_doc`, every field is pulled out once, and
-    # the rules only read those columns. (The optimizer does not merge a projection back into its
-    # consumers when that would repeat an expensive expression such as parsing.)
-    names = [f.name for f in pipeline.schema]
-    text = F.col("value").cast("string")
-    utf8_ok = storable_json_text(F.col("value"))
-    position = [
-        F.col("topic"),
-        F.col("partition").alias("kafka_partition"),
-        F.col("offset").alias("kafka_offset"),
-        F.col("timestamp").alias("kafka_timestamp"),
-        F.col("value").alias("payload"),
-    ]
-    carried = ["topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "payload"]
-    parsed = kafka_rows.select(*position, utf8_ok.alias("_utf8"), F.when(utf8_ok, F.try_parse_json(text)).alias("_doc"))
-    as_fields = "struct<" + ", ".join(f"`{name}`: variant" for name in names) + ">"
-    parsed = parsed.select(
-        *carried,
-        "_utf8",
-        F.coalesce(F.schema_of_variant("_doc").startswith("OBJECT"), F.lit(False)).alias("_object"),
-        F.try_variant_get("_doc", "$", as_fields).alias("_f"),
-    )
-    field = {name: F.col(f"_f.`{name}`") for name in names}
-    parsed = parsed.select(
-        *carried,
-        "_utf8",
-        "_object",
-        *(F.try_variant_get(field[name], "$", "string").alias(f"_s_{name}") for name in names),
-        *(F.schema_of_variant(field[name]).alias(f"_t_{name}") for name in ("user_id", "product_id", "timestamp")),
-        F.try_variant_get(field["user_id"], "$", "bigint").alias("_user_id"),
-        F.try_variant_get(field["product_id"], "$", "bigint").alias("_product_id"),
-    )
-
-    present = {name: F.col(f"_s_{name}").isNotNull() for name in names}
-    strings = {name: F.col(f"_s_{name}") for name in STRING_FIELDS}
-    is_integer = {name: F.col(f"_t_{name}").isin(*_INTEGER_TYPES) for name in ("user_id", "product_id", "timestamp")}
-    parsed = parsed.select(
-        *carried,
-        "_utf8",
-        "_object",
-        *(f"_s_{name}" for name in names),
-        F.when(present["timestamp"] & ~is_integer["timestamp"], F.try_to_timestamp("_s_timestamp")).alias("event_ts"),
-        F.when(is_integer["user_id"], F.col("_user_id")).alias("user_id"),
-        F.when(is_integer["product_id"], F.col("_product_id")).alias("product_id"),
-    )
-    event_ts, user_id, product_id = F.col("event_ts"), F.col("user_id"), F.col("product_id")
-    required = [f.name for f in pipeline.schema if f.required]
-
-    def when_present(name: str, passes: Column) -> Column:
-        return ~present[name] | passes
-
-    field_rules = [
-        failed(RULE_REQUIRED, all_of(present[name] for name in required)),
-        failed(RULE_USER_ID, when_present("user_id", user_id > 0)),
-        failed(RULE_PRODUCT_ID, when_present("product_id", product_id > 0)),
-        failed(RULE_ACTION, when_present("action", strings["action"].isin(*rules.allowed_actions))),
-        failed(RULE_TS_PARSE, when_present("timestamp", event_ts.isNotNull())),
-        # Compared with the broker's timestamp, not the clock, so a backfill decides the same.
-        failed(
-            RULE_TS_FUTURE,
-            event_ts.isNull()
-            | (event_ts <= F.col("kafka_timestamp") + F.make_interval(secs=F.lit(rules.max_future_skew_s))),
-        ),
-        failed(RULE_LOCATION, when_present("location", F.length(strings["location"]) <= rules.max_location_length)),
-        failed(
-            RULE_STRING_LENGTH,
-            all_of(
-                when_present(name, F.length(strings[name]) <= rules.max_string_length)
-                for name in STRING_FIELDS
-                if name != "location"
-            ),
-        ),
-        failed(RULE_IP, when_present("ip_address", strings["ip_address"].rlike(IP_PATTERN))),
-    ]
-    violations = (
-        F.when(~F.col("_utf8"), F.array(F.lit(RULE_UTF8)))
-        .when(~F.col("_object"), F.array(F.lit(RULE_JSON)))
-        .otherwise(F.array_compact(F.array(*field_rules)))
-    )
-    return parsed.select(
-        *carried,
-        "event_ts",
-        "user_id",
-        "product_id",
-        *(strings[name].alias(name) for name in STRING_FIELDS),
-        violations.alias("violations"),
-    ).select(*EVENT_COLUMNS, "payload", "violations")
+    return kafka_rows.mapInArrow(UserEventParser(pipeline), PARSED_DDL)
 
 
 def valid_events(parsed: DataFrame) -> DataFrame:

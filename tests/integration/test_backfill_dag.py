@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from spark_jobs.user_events.parse import EVENT_COLUMNS
 from tributary.airflow_api import AirflowApi, AirflowApiError
 from tributary.airflow_env import admin_password, airflow_environment
 from tributary.catalog import PLATFORM, USER_EVENTS
@@ -33,21 +34,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 DAG_ID = "tributary_backfill"
-RAW_COLUMNS = (
-    "topic",
-    "kafka_partition",
-    "kafka_offset",
-    "kafka_timestamp",
-    "event_ts",
-    "user_id",
-    "product_id",
-    "action",
-    "device_id",
-    "device_type",
-    "location",
-    "user_segment",
-    "ip_address",
-)
+# The raw table's columns, as the job writes them.
+RAW_COLUMNS = EVENT_COLUMNS
 DOC_FIELDS = RAW_COLUMNS[5:]
 
 
