@@ -31,6 +31,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
+from spark_jobs.background_task import BackgroundTaskError
 from spark_jobs.heartbeats import UPSERT_BATCH_COUNTS, HeartbeatListener, wait_until_reported
 from spark_jobs.session import build_session, launched_by_spark_submit
 from spark_jobs.sinks.copy_lines import copy_line, csv_line
@@ -276,6 +277,7 @@ class StreamingJob:
         queries = self.start()
         log.info("%s: started queries %s", self.name, [q.name for q in queries])
         self._report_state(None, running=True)
+        drain_error: BackgroundTaskError | None = None
         try:
             while any(q.isActive for q in queries):
                 failed = [q for q in queries if not q.isActive and q.exception() is not None]
@@ -289,12 +291,21 @@ class StreamingJob:
             stop_at_batch_boundary(queries)
             wait_until_reported(listener, [str(q.id) for q in queries])
             self.spark.streams.removeListener(listener)
+            try:
+                self.drain()
+            except BackgroundTaskError as exc:  # reported below with the queries' errors; the job exits 1
+                drain_error = exc
             self.close()
-        errors = [(q.name, q.exception()) for q in queries if q.exception() is not None]
-        for name, error in errors:
-            log.error("%s: query %s failed: %s", self.name, name, error)
-        self._report_state("; ".join(f"query {name} failed: {error}" for name, error in errors) or None)
+        errors: list[tuple[str, object]] = [(f"query {q.name}", q.exception()) for q in queries if q.exception()]
+        if drain_error is not None:
+            errors.append(("background work", drain_error))
+        for what, error in errors:
+            log.error("%s: %s failed: %s", self.name, what, error)
+        self._report_state("; ".join(f"{what} failed: {error}" for what, error in errors) or None)
         return 1 if errors else 0
+
+    def drain(self) -> None:
+        """Finish the job's background work after its queries stopped (raise `BackgroundTaskError`)."""
 
     def close(self) -> None:
         self.outbox.close()

@@ -222,7 +222,7 @@ class Pipeline:
     job_module: str
     health: Health = field(default_factory=Health)
     anomaly: AnomalyRules | None = None
-    max_offsets_per_trigger: int = 200_000
+    max_offsets_per_trigger: int = 500_000
     trigger_interval_s: int = 5
     # `make up` asks the supervisor to run this job (desired state "running").
     autostart: bool = True

@@ -31,9 +31,27 @@ def csv_payload(table: pa.Table, columns: Sequence[str]) -> bytes:
     """COPY (FORMAT csv) input of `table[columns]`: one line per row."""
     if table.num_rows == 0:
         return b""
+    selected = table.select(list(columns))
     buffer = io.BytesIO()
-    pa_csv.write_csv(table.select(list(columns)), buffer, _WRITE_OPTIONS)
+    pa_csv.write_csv(
+        selected.from_arrays([_csv_ready(c) for c in selected.columns], names=selected.column_names),
+        buffer,
+        _WRITE_OPTIONS,
+    )
     return buffer.getvalue()
+
+
+def _csv_ready(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A zoned timestamp column as UTC text (`2026-11-23 10:00:00.000000Z`); other columns as they are.
+
+    The CSV writer formats zoned timestamps at ~1 us a value, a cast of the UTC wall time to
+    text takes a few dozen nanoseconds: over a million rows a second, that is a core's share.
+    """
+    kind = column.type
+    if not (pa.types.is_timestamp(kind) and kind.tz is not None):
+        return column
+    wall = pc.cast(column, pa.timestamp(kind.unit))
+    return pc.binary_join_element_wise(pc.cast(wall, pa.string()), "Z", "")
 
 
 def array_literal(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:

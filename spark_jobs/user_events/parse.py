@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -95,6 +97,44 @@ _TIMESTAMP = re.compile(
     re.IGNORECASE,
 )
 _DECODER = msgspec.json.Decoder()
+
+
+class _EventFields(msgspec.Struct):
+    """An event's fields typed as a valid event has them (absent or null: None; others ignored)."""
+
+    user_id: int | None = None
+    product_id: int | None = None
+    action: str | None = None
+    timestamp: str | None = None
+    device_id: str | None = None
+    device_type: str | None = None
+    location: str | None = None
+    user_segment: str | None = None
+    ip_address: str | None = None
+
+
+_TYPED_DECODER = msgspec.json.Decoder(_EventFields)
+_text_of = attrgetter(*STRING_FIELDS)
+_NO_TEXT: tuple[str | None, ...] = (None,) * len(STRING_FIELDS)
+
+
+def _typed_fields(value: bytes | None) -> _EventFields | None:
+    """The payload's fields when each has the type a valid event gives it, else None.
+
+    The common case, decoded by msgspec straight into a struct; anything else (a field of
+    another type, broken JSON, a NUL, invalid UTF-8) takes `_document`, which names the rule.
+    """
+    if value is None or b"\\u0000" in value:
+        return None
+    try:
+        # msgspec may skip the bytes of fields it ignores, so UTF-8 is checked here.
+        if not value.isascii():
+            value.decode("utf-8")
+        return _TYPED_DECODER.decode(value)
+    except (UnicodeDecodeError, msgspec.DecodeError):  # ValidationError is a DecodeError
+        return None
+
+
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -117,6 +157,37 @@ def timestamp_us(text: str) -> int | None:
             tzinfo=_zone(zone),
         )
     except ValueError:  # month 13, February 30th, hour 25, offset beyond a day: not a timestamp
+        return None
+    return (moment - _EPOCH) // _ONE_US
+
+
+def _canonical_timestamp_us(text: str) -> int | None:
+    """`timestamp_us`, with a short cut for the shape producers send: `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+
+    The minute is looked up (a batch's events share a few), the seconds and milliseconds added;
+    anything else, a second of 60 included, is left to `timestamp_us`, which decides the same.
+    """
+    if len(text) == 24 and text[23] in "Zz" and text[19] == "." and text[16] == ":":
+        minute = _minute_us(text[:16])
+        seconds, millis = text[17:19], text[20:23]
+        if minute is not None and (digits := seconds + millis).isascii() and digits.isdigit() and seconds < "60":
+            return minute + int(seconds) * 1_000_000 + int(millis) * 1000
+    return timestamp_us(text)
+
+
+@lru_cache(maxsize=4096)
+def _minute_us(text: str) -> int | None:
+    """Epoch microseconds of a `YYYY-MM-DDTHH:MM` minute in UTC; None for any other text."""
+    if text[4] != "-" or text[7] != "-" or text[10] not in "Tt" or text[13] != ":":
+        return None
+    digits = text[:4] + text[5:7] + text[8:10] + text[11:13] + text[14:16]
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    try:
+        moment = datetime(
+            int(text[:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]), tzinfo=UTC
+        )
+    except ValueError:
         return None
     return (moment - _EPOCH) // _ONE_US
 
@@ -159,6 +230,9 @@ class UserEventParser:
         self.max_location = rules.max_location_length
         self.max_string = rules.max_string_length
         self.required = tuple(f.name for f in pipeline.schema if f.required)
+        unknown = set(self.required) - set(_EventFields.__struct_fields__)
+        if unknown or not self.required:
+            raise ValueError(f"required fields {sorted(unknown)} of {pipeline.name} are not user-event fields")
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -172,45 +246,69 @@ class UserEventParser:
         event_ts: list[int | None] = [None] * rows
         user_ids: list[int | None] = [None] * rows
         product_ids: list[int | None] = [None] * rows
-        strings: list[list[str | None]] = [[None] * rows for _ in STRING_FIELDS]
+        texts: list[tuple[str | None, ...]] = [_NO_TEXT] * rows
         violations: list[list[str]] = [[] for _ in range(rows)]
+        # Locals: this loop runs once per record, and attribute look-ups add up.
+        actions, max_string, max_location, max_future_us = (
+            self.actions,
+            self.max_string,
+            self.max_location,
+            self.max_future_us,
+        )
+        # attrgetter of two or more names returns a tuple: a lone required field is named twice.
+        required_of = attrgetter(*(self.required * (1 if len(self.required) > 1 else 2)))
+        ip_match = _IP.fullmatch
         for i, value in enumerate(values):
-            doc = self._document(value, violations[i])
-            if doc is None:
-                continue
             failed = violations[i]
-            for name in self.required:
-                if doc.get(name) is None:
+            fields = _typed_fields(value)
+            if fields is None:
+                doc = self._document(value, failed)
+                if doc is None:
+                    continue
+                for name in self.required:
+                    if doc.get(name) is None:
+                        failed.append(RULE_REQUIRED)
+                        break
+                raw_user, raw_product, raw_ts = doc.get("user_id"), doc.get("product_id"), doc.get("timestamp")
+                text = tuple(None if (v := doc.get(name)) is None else _as_text(v) for name in STRING_FIELDS)
+                # Only text reaches the timestamp parser; a JSON number is not a timestamp.
+                ts_text = None if raw_ts is None or type(raw_ts) is int else _as_text(raw_ts)
+            else:
+                if None in required_of(fields):
                     failed.append(RULE_REQUIRED)
-                    break
-            raw_user, raw_product = doc.get("user_id"), doc.get("product_id")
+                raw_user, raw_product, raw_ts = fields.user_id, fields.product_id, fields.timestamp
+                text = _text_of(fields)
+                ts_text = raw_ts
             user_id, product_id = _as_bigint(raw_user), _as_bigint(raw_product)
             if raw_user is not None and (user_id is None or user_id <= 0):
                 failed.append(RULE_USER_ID)
             if raw_product is not None and (product_id is None or product_id <= 0):
                 failed.append(RULE_PRODUCT_ID)
-            text = [None if (v := doc.get(name)) is None else _as_text(v) for name in STRING_FIELDS]
             action, device_id, device_type, location, segment, ip = text
-            if action is not None and action not in self.actions:
+            if action is not None and action not in actions:
                 failed.append(RULE_ACTION)
-            raw_ts = doc.get("timestamp")
             ts = None
             if raw_ts is not None:
-                ts = None if type(raw_ts) is int else timestamp_us(_as_text(raw_ts))
+                ts = None if ts_text is None else _canonical_timestamp_us(ts_text)
                 if ts is None:
                     failed.append(RULE_TS_PARSE)
                 # Compared with the broker's timestamp, not the clock, so a backfill decides the same.
-                elif (sent := broker_us[i]) is None or ts > sent + self.max_future_us:
+                elif (sent := broker_us[i]) is None or ts > sent + max_future_us:
                     failed.append(RULE_TS_FUTURE)
-            if location is not None and len(location) > self.max_location:
+            if location is not None and len(location) > max_location:
                 failed.append(RULE_LOCATION)
-            if any(s is not None and len(s) > self.max_string for s in (action, device_id, device_type, segment, ip)):
+            if (
+                (action is not None and len(action) > max_string)
+                or (device_id is not None and len(device_id) > max_string)
+                or (device_type is not None and len(device_type) > max_string)
+                or (segment is not None and len(segment) > max_string)
+                or (ip is not None and len(ip) > max_string)
+            ):
                 failed.append(RULE_STRING_LENGTH)
-            if ip is not None and _IP.fullmatch(ip) is None:
+            if ip is not None and ip_match(ip) is None:
                 failed.append(RULE_IP)
-            event_ts[i], user_ids[i], product_ids[i] = ts, user_id, product_id
-            for column, s in zip(strings, text, strict=True):
-                column[i] = s
+            event_ts[i], user_ids[i], product_ids[i], texts[i] = ts, user_id, product_id, text
+        strings = list(zip(*texts, strict=True)) if rows else [() for _ in STRING_FIELDS]
         return pa.RecordBatch.from_arrays(
             [
                 batch.column("topic"),

@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+import random
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
@@ -57,6 +58,32 @@ def test_iso_timestamps_parse_to_utc_microseconds(text: str, expected: datetime)
 )
 def test_anything_else_is_not_a_timestamp(text: str) -> None:
     assert P.timestamp_us(text) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-11-23T09:59:58.123Z",
+        "2026-11-23t09:59:58.123z",
+        "2026-12-31T23:59:59.999Z",
+        "1969-12-31T23:59:59.500Z",
+        "0001-01-01T00:00:00.000Z",
+        "9999-12-31T23:59:59.999Z",
+        "2026-11-23T09:59:60.000Z",  # a leap second: datetime refuses it, so does the short cut
+        "2026-11-23T09:60:00.000Z",
+        "2026-02-30T09:59:58.123Z",
+        "2026-11-23T24:00:00.000Z",
+        "2026-11-23T09:59:5\uff18.123Z",  # a full-width digit
+        "\u0662\u0660\u0662\u0666-11-23T09:59:58.123Z",  # Arabic-Indic digits
+        "2026-11-23T09:59:+1.123Z",
+        "2026-11-23T09:59:1_.123Z",
+        "+026-11-23T09:59:58.123Z",
+        "2026-11-23 09:59:58.123Z",
+        "2026-11-23T09:59:58.123+",
+    ],
+)
+def test_the_producer_shape_short_cut_decides_as_the_full_parser(text: str) -> None:
+    assert P._canonical_timestamp_us(text) == P.timestamp_us(text)
 
 
 def kafka_batch(payloads: list[bytes | None]) -> pa.RecordBatch:
@@ -177,3 +204,43 @@ def test_buckets_group_like_the_merge_statement() -> None:
     assert rows[0]["first_event_ts"] == NOW + timedelta(seconds=0.5) and rows[0]["last_event_ts"] == NOW + timedelta(
         seconds=4.9
     )
+
+
+def test_typed_fast_path_decides_as_the_generic_path() -> None:
+    """Payloads whose fields have the usual types take a typed decoder; the rest the generic one.
+
+    Both must give the same row, so every payload is parsed as it is and once more with the
+    typed decoder refusing everything (all through the generic path).
+    """
+    rng = random.Random(11)
+    odd = [None, 0, -1, 2**63, 1.0, True, "", "12", [1], {"a": 1}, "10.0.0.1", "::1", "x" * 300]
+    odd += ["2026-11-23T09:59:58.123Z", "2026-02-30T09:59:58.123Z", "2026-11-23", "2099-01-01T00:00:00.000Z"]
+    usual = json.loads(doc(device_id="d-1", device_type="mobile", location="Berlin"))
+    payloads: list[bytes | None] = [None]
+    for _ in range(3000):
+        fields = {
+            name: (value if rng.random() < 0.6 else rng.choice(odd))
+            for name, value in usual.items()
+            if rng.random() > 0.05
+        }
+        payload = json.dumps(fields).encode()
+        roll = rng.random()
+        if roll < 0.05:
+            payload = payload[: rng.randint(0, len(payload))]
+        elif roll < 0.08:
+            payload = payload.replace(b'"d-1"', b'"\\u0000"')
+        elif roll < 0.1:
+            payload += b"\xff"
+        payloads.append(payload)
+    batch = kafka_batch(payloads)
+    parser = P.UserEventParser(USER_EVENTS)
+    typed = parser.parse(batch)
+    original = P._typed_fields
+    try:
+        P._typed_fields = lambda value: None  # type: ignore[assignment]
+        generic = parser.parse(batch)
+    finally:
+        P._typed_fields = original
+    assert typed.to_pylist() == generic.to_pylist()
+    valid = sum(1 for row in typed.to_pylist() if not row["violations"])
+    assert 100 < valid < len(payloads) - 100  # both kinds are really exercised
