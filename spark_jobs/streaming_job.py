@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
@@ -47,6 +47,7 @@ from tributary.settings import Settings, load_settings
 
 log = logging.getLogger("tributary.streaming_job")
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The dead-letter message carries at most this much of the payload; the table keeps all of it.
 DLQ_PAYLOAD_BYTES = 65_536
 DEAD_COLUMNS = ("topic", "kafka_partition", "kafka_offset", "pipeline", "kafka_timestamp", "payload", "reasons")
@@ -242,7 +243,7 @@ class StreamingJob:
         """
         if max_event_us is None:
             return
-        newest = datetime.fromtimestamp(max_event_us / 1_000_000, UTC)
+        newest = _EPOCH + timedelta(microseconds=max_event_us)  # exact: a float of epoch seconds can be 1 us off
         statement = f"""INSERT INTO {self.platform.watermarks_table} AS w (job_name, query_name, max_event_ts, batch_id)
             VALUES (%s, %s, %s, %s)
             ON CONFLICT (job_name, query_name) DO UPDATE SET

@@ -9,12 +9,14 @@ One streaming query, `events`, reads the `user_events` topic and parses it once 
   the outbox, to the dead-letter topic; violation counts per batch;
 - in the same partition transaction, the new events are added to per-user 5 s activity buckets,
   written to the summary as the 5 s windows (upserted while they change);
-- after the partitions, the 1-minute windows sliding by 5 s that the watermark closed are summed
-  from their buckets, upserted into the summary and scored for anomalies; anomalies go to their
-  table, to Elasticsearch and, through the outbox, to the alerts topic, once per (user, window).
+- in a background thread on the driver, while the next batch writes, the 1-minute windows
+  sliding by 5 s that the watermark closed are summed from their buckets, upserted into the
+  summary and scored for anomalies; anomalies go to their table, to Elasticsearch and, through
+  the outbox, to the alerts topic, once per (user, window) (`close_pending_windows`).
 
 The watermark (newest event time of earlier batches minus the catalog's lateness) is kept in
-PostgreSQL, so a replayed batch decides exactly as its first attempt did (see `merge.py`). Every
+PostgreSQL, so a replayed batch decides exactly as its first attempt did (see `merge.py`); so is
+the watermark the windows are closed through, so a close lost in a crash is made up. Every
 sink is idempotent, so a batch replayed after a crash lands nothing twice. A sink error fails the
 query loudly (the supervisor restarts the job); bad records never do.
 """

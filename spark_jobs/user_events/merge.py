@@ -11,11 +11,12 @@ Per Spark partition, in that partition's transaction (`merge_statement`):
 3. each bucket row it changed is written, as it now stands, to the summary as that user's 5 s
    window (Spark's "update" output mode: a row is upserted while its window changes).
 
-Once per batch, after every partition committed, the driver closes the 1-minute windows the
-watermark passed (`close_windows_statement`): each is summed from its twelve 5 s buckets, upserted
-into the summary and handed on for anomaly scoring. A 1-minute window is thus exactly the sum of
-the 5 s windows the summary shows for it. Buckets are deleted once every window over them closed
-in an *earlier* batch, so a replay of a batch finds the buckets its first attempt summed.
+After a batch's partitions committed, the driver closes the 1-minute windows the watermark passed
+(`close_windows_statement`), in the background while the next batch writes: each is summed from
+its twelve 5 s buckets, upserted into the summary and handed on for anomaly scoring. A 1-minute
+window is thus exactly the sum of the 5 s windows the summary shows for it. Its buckets are behind
+the 5 s watermark too, so no later event changes them. Buckets are deleted once every window over
+them was closed by an *earlier* close, so closing a range again finds the buckets it summed.
 
 Rows are updated in key order (bucket, user), so partitions writing at once wait for each other
 instead of deadlocking.
