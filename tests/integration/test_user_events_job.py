@@ -19,7 +19,7 @@ from pyspark.sql import SparkSession
 from spark_jobs.user_events.job import JobOptions, UserEventsJob
 from tests.integration import streaming_fixtures
 from tests.integration.streaming_fixtures import scalar, send, topic_messages
-from tributary.catalog import USER_EVENTS, Pipeline, PlatformNames
+from tributary.catalog import USER_EVENTS, AnomalyRules, Pipeline, PlatformNames
 from tributary.clients import es_client, pg_connect
 from tributary.producers.user_events import (
     INVALID_KINDS,
@@ -47,6 +47,14 @@ def prepare(settings: Settings, pipeline: Pipeline, platform: PlatformNames, use
         cur.executemany(
             "INSERT INTO users (user_id, name, email, region, segment) VALUES (%s, %s, %s, %s, %s)", user_rows(users)
         )
+
+
+def fresh_pipeline(settings: Settings, users: int) -> tuple[Pipeline, PlatformNames, AnomalyRules]:
+    """A prepared pipeline of this test's own (`isolated` + `prepare`) and its anomaly rules."""
+    pipeline, platform = isolated(uuid.uuid4().hex[:8])
+    prepare(settings, pipeline, platform, users=users)
+    assert pipeline.anomaly is not None
+    return pipeline, platform, pipeline.anomaly
 
 
 def run_job(
@@ -103,11 +111,7 @@ def summary_differences(
 
 
 def test_a_known_mix_lands_exactly_in_every_sink(spark: SparkSession, settings: Settings) -> None:
-    tag = uuid.uuid4().hex[:8]
-    pipeline, platform = isolated(tag)
-    prepare(settings, pipeline, platform, users=40)
-    rules = pipeline.anomaly
-    assert rules is not None
+    pipeline, platform, rules = fresh_pipeline(settings, users=40)
 
     # Phase 1: on-time traffic over ~4 minutes, ending 5 minutes ago: valid events, every kind of
     # invalid record, and bursts from two users (far above the threshold in a 1-minute window).
@@ -207,11 +211,7 @@ def test_windows_a_lost_close_left_open_are_closed_at_the_next_start(spark: Spar
     anomalies and alert rows removed). The next start closes them again from the buckets, with
     nothing new in the topic: the same summary rows and the same anomalies, each alerted once.
     """
-    tag = uuid.uuid4().hex[:8]
-    pipeline, platform = isolated(tag)
-    prepare(settings, pipeline, platform, users=20)
-    rules = pipeline.anomaly
-    assert rules is not None
+    pipeline, platform, rules = fresh_pipeline(settings, users=20)
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=9)
     mix = EventMix(users=20, burst_users=BURST_USERS, burst_share=0.3)
     events = list(generate_events(1_200, seed=21, start=start, events_per_s=10, mix=mix))
