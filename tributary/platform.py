@@ -128,7 +128,9 @@ def reset_stream_state(settings: Settings, progress: Progress) -> None:
         tables = [
             t
             for p in PIPELINES.values()
-            for t in (p.tables.raw, p.tables.summary, p.tables.anomalies, p.tables.late)
+            # `state` too: the user_events buckets of the old run would otherwise be summed into
+            # new windows (the first close starts from the oldest bucket).
+            for t in (p.tables.raw, p.tables.summary, p.tables.anomalies, p.tables.late, p.tables.state)
             if t and t in existing
         ]
         tables += [
