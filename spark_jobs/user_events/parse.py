@@ -231,8 +231,13 @@ class UserEventParser:
         self.max_string = rules.max_string_length
         self.required = tuple(f.name for f in pipeline.schema if f.required)
         unknown = set(self.required) - set(_EventFields.__struct_fields__)
-        if unknown or not self.required:
-            raise ValueError(f"required fields {sorted(unknown)} of {pipeline.name} are not user-event fields")
+        if unknown:
+            raise ValueError(
+                f"required fields {sorted(unknown)} of {pipeline.name} are not user-event fields; the parser "
+                f"knows {list(_EventFields.__struct_fields__)}: add them to `_EventFields` or fix the catalog schema"
+            )
+        if not self.required:
+            raise ValueError(f"{pipeline.name}'s catalog schema marks no field required; user events need some")
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
