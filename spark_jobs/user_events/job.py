@@ -68,10 +68,12 @@ QUERY = "events"
 # The watermark the sliding windows are closed through, kept beside the query's own.
 CLOSED_MARK = f"{QUERY}.windows"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
 # Summing a batch's closing windows groups ~12 bucket rows per window with their product arrays:
 # in memory it is ~10% faster than spilled to disk, and JIT compiling it costs more than it saves.
 CLOSE_SETTINGS = ("SET LOCAL work_mem = '128MB'", "SET LOCAL jit = off")
-_ONE_US = timedelta(microseconds=1)
+# How long a stopping job waits for its last window close (a catch-up close takes seconds).
+CLOSE_DRAIN_TIMEOUT_S = 600.0
 # The closed windows the anomaly scoring reads (`close_windows_statement` returns them).
 CLOSED_ARROW = pa.schema(
     [
@@ -213,7 +215,9 @@ class UserEventsJob(StreamingJob):
         )
 
     def drain(self) -> None:
-        self.closer.drain()
+        # Bounded, so a close stuck on a lock cannot keep a stopping driver alive for ever; what
+        # it left open the next start closes.
+        self.closer.drain(timeout_s=CLOSE_DRAIN_TIMEOUT_S)
 
     def close_pending_windows(self) -> int:
         """Closes the sliding windows the watermark passed since the last close; returns the anomalies.

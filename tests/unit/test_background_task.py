@@ -60,3 +60,13 @@ def test_an_error_is_raised_once_by_the_next_check_and_names_the_work() -> None:
 
 def test_drain_without_any_request_returns_at_once() -> None:
     BackgroundTask("idle", lambda: None).drain(timeout_s=0.1)
+
+
+def test_drain_gives_up_after_its_timeout_and_says_so() -> None:
+    release = threading.Event()
+    task = BackgroundTask("stuck close", lambda: release.wait(5))
+    task.request()
+    with pytest.raises(BackgroundTaskError, match=r"stuck close still running after 0\.1 s"):
+        task.drain(timeout_s=0.1)
+    release.set()
+    task.drain(timeout_s=5)
