@@ -243,7 +243,13 @@ class StreamingJob:
         """
         if max_event_us is None:
             return
-        newest = _EPOCH + timedelta(microseconds=max_event_us)  # exact: a float of epoch seconds can be 1 us off
+        # Exact: a float of epoch seconds can be 1 us off.
+        self.advance_event_time(query, _EPOCH + timedelta(microseconds=max_event_us), batch_id, batch)
+
+    def advance_event_time(
+        self, query: str, newest: datetime, batch_id: int | None = None, batch: PostgresBatch | None = None
+    ) -> None:
+        """`advance_max_event_ts` for a moment already at hand (a job-kept mark such as closed windows)."""
         statement = f"""INSERT INTO {self.platform.watermarks_table} AS w (job_name, query_name, max_event_ts, batch_id)
             VALUES (%s, %s, %s, %s)
             ON CONFLICT (job_name, query_name) DO UPDATE SET

@@ -34,7 +34,7 @@ def csv_payload(table: pa.Table, columns: Sequence[str]) -> bytes:
     selected = table.select(list(columns))
     buffer = io.BytesIO()
     pa_csv.write_csv(
-        selected.from_arrays([_csv_ready(c) for c in selected.columns], names=selected.column_names),
+        pa.Table.from_arrays([_csv_ready(c) for c in selected.columns], names=selected.column_names),
         buffer,
         _WRITE_OPTIONS,
     )

@@ -27,7 +27,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -67,8 +67,6 @@ __all__ = ["SUMMARY_COLUMNS", "JobOptions", "UserEventsJob", "main"]
 QUERY = "events"
 # The watermark the sliding windows are closed through, kept beside the query's own.
 CLOSED_MARK = f"{QUERY}.windows"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
 # Summing a batch's closing windows groups ~12 bucket rows per window with their product arrays:
 # in memory it is ~10% faster than spilled to disk, and JIT compiling it costs more than it saves.
 CLOSE_SETTINGS = ("SET LOCAL work_mem = '128MB'", "SET LOCAL jit = off")
@@ -233,7 +231,7 @@ class UserEventsJob(StreamingJob):
         if through is None or (after is not None and through <= after):
             return 0
         anomalies = self.close_windows(f"{self.name}.{CLOSED_MARK}", after, through)
-        self.advance_max_event_ts(CLOSED_MARK, (through - _EPOCH) // _ONE_US)
+        self.advance_event_time(CLOSED_MARK, through)
         self.outbox.publish_pending()
         return anomalies
 
