@@ -12,7 +12,8 @@ PYTEST_ARGS ?=
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: system-deps $(STAMP) ## Install system packages, .venv with the Python dependencies, and ECharts from npm (idempotent)
+setup: system-deps $(STAMP) ## Install system packages, .venv, the Kafka broker (Maven) and ECharts (npm); idempotent
+	@$(BIN)/python -c 'import sys; from tributary.stack.kafka_install import main; sys.exit(main())'
 	@scripts/install_js.sh
 
 system-deps:

@@ -50,7 +50,7 @@ from tributary.migrations import apply_migrations
 from tributary.producers.user_events import ACTION_WEIGHTS, DEVICE_TYPES, LOCATIONS, SEGMENTS, user_rows
 from tributary.provisioning import ensure_topics
 from tributary.settings import Settings, load_settings
-from tributary.stack.broker import TansuBroker
+from tributary.stack.broker import KafkaBroker
 from tributary.stack.ports import free_port
 from tributary.stack.postgres import drop_database, ensure_database
 
@@ -148,9 +148,10 @@ def main() -> int:
             state_dir=Path(tmp),
             pg_url=bench_database_url(server, "backfill"),
             kafka_bootstrap=f"127.0.0.1:{free_port()}",
+            kafka_controller_port=free_port(),
             embedded_kafka=True,
         )
-        broker = TansuBroker(settings, progress=None)
+        broker = KafkaBroker(settings, progress=None)
         broker.up()
         ensure_database(settings.pg_url)
         try:

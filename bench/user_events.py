@@ -40,7 +40,7 @@ from tributary.migrations import apply_migrations
 from tributary.producers.user_events import EventMix, generate_events, produce, user_rows
 from tributary.provisioning import ensure_index_templates, ensure_topics
 from tributary.settings import Settings, load_settings
-from tributary.stack.broker import TansuBroker
+from tributary.stack.broker import KafkaBroker
 from tributary.stack.ports import free_port
 from tributary.stack.postgres import database_url, drop_database, ensure_database
 from tributary.stack.search import OsmemSearch
@@ -197,13 +197,14 @@ def main() -> int:
             state_dir=Path(tmp),
             pg_url=database_url(server, "postgres"),
             kafka_bootstrap=f"127.0.0.1:{free_port()}",
+            kafka_controller_port=free_port(),
             embedded_kafka=True,
             es_url=f"http://127.0.0.1:{free_port()}",
             embedded_es=True,
             es_plain_json=True,
             checkpoint_root=f"{tmp}/checkpoints",
         )
-        broker, search = TansuBroker(settings, progress=None), OsmemSearch(settings, progress=None)
+        broker, search = KafkaBroker(settings, progress=None), OsmemSearch(settings, progress=None)
         broker.up()
         search.up()
         databases: list[str] = []

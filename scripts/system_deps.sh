@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Checks the system packages Tributary needs beyond Python: Java 17 (Spark), the PostgreSQL
-# JDBC driver (Spark batch reads) and Chromium (the UI tests drive it headless). Installs them with apt where it can (root on Debian/Ubuntu);
+# Checks the system packages Tributary needs beyond Python: Java 17 (Spark and the Kafka broker),
+# PostgreSQL 15's server binaries, Maven (fetches the broker), the PostgreSQL JDBC driver (Spark batch reads) and Chromium (the UI tests drive it headless). Installs them with apt where it can (root on Debian/Ubuntu);
 # otherwise stops and says exactly what to install.
 set -euo pipefail
 
@@ -22,6 +22,10 @@ else
   fi
 fi
 [ -f "$JDBC_JAR" ] || missing+=(libpostgresql-jdbc-java)
+# The private PostgreSQL cluster of `make up` and `make test` (nothing needs a running server).
+compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || missing+=(postgresql-15)
+# Maven fetches the embedded Kafka broker from Maven Central (deploy/kafka-broker/pom.xml).
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
@@ -37,5 +41,5 @@ fi
 
 echo "setup: missing system packages: ${missing[*]}" >&2
 echo "setup: install them, e.g.  sudo apt-get install ${missing[*]}" >&2
-echo "setup: (Java 17 runs Spark; $JDBC_JAR lets Spark batch jobs read PostgreSQL; chromium runs the UI tests)" >&2
+echo "setup: (Java 17 runs Spark and Kafka; postgresql-15 the private database; maven fetches the broker; $JDBC_JAR lets Spark batch jobs read PostgreSQL; chromium runs the UI tests)" >&2
 exit 1

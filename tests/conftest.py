@@ -1,14 +1,18 @@
-"""Shared fixtures: a real Kafka broker (Tansu), ES-API server (osmem) and PostgreSQL.
+"""Shared fixtures: a real Apache Kafka broker, ES-API server (osmem) and PostgreSQL.
 
 The broker and the ES-API server are started once per session by the same component classes
-`tributary up` uses, on free loopback ports (never 9092/9200/8080, so a running `make up` stack
-is left alone), and stopped by PID at the end of the session. PostgreSQL is the real server of
-`TRIBUTARY_TEST_PG_URL`; each test that asks for `pg_url` gets a database of its own.
+`tributary up` uses, on free loopback ports (never 9092/9093/9200/8080, so a running `make up`
+stack is left alone), with their data in throwaway directories, and stopped by PID at the end of
+the session. PostgreSQL is the server of `TRIBUTARY_TEST_PG_URL` when one answers there; otherwise
+the session starts a private cluster (Debian's binaries) on a free port in a throwaway directory
+and stops it at the end. Each test that asks for `pg_url` gets a database of its own.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import fields, replace
@@ -17,10 +21,11 @@ from pathlib import Path
 import pytest
 
 from tributary.settings import Settings, load_settings
-from tributary.stack.broker import TansuBroker
+from tributary.stack.broker import KafkaBroker
 from tributary.stack.ports import free_port
 from tributary.stack.postgres import (
     MAINTENANCE_DB,
+    PostgresServer,
     database_name,
     database_url,
     drop_database,
@@ -31,6 +36,8 @@ from tributary.stack.postgres import (
 from tributary.stack.search import OsmemSearch
 
 DEFAULT_TEST_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+# Broker settings of the test brokers only (production keeps Kafka's defaults of minutes).
+FAST_LOG_MAINTENANCE = {"log.retention.check.interval.ms": "1000", "log.cleaner.backoff.ms": "500"}
 
 # The session-wide local SparkSession fixture `spark` (one JVM per test run), and
 # `private_settings` (a broker and an ES-API server of a test's own).
@@ -44,11 +51,18 @@ def _session_settings(state_dir: Path, **overrides: object) -> Settings:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """'127.0.0.1:PORT' of a Tansu broker running for the whole session (memory only)."""
+    """'127.0.0.1:PORT' of an Apache Kafka broker running for the whole session."""
     bootstrap = f"127.0.0.1:{free_port()}"
-    broker = TansuBroker(
-        _session_settings(tmp_path_factory.mktemp("kafka"), kafka_bootstrap=bootstrap, embedded_kafka=True),
+    broker = KafkaBroker(
+        _session_settings(
+            tmp_path_factory.mktemp("kafka"),
+            kafka_bootstrap=bootstrap,
+            kafka_controller_port=free_port(),
+            embedded_kafka=True,
+        ),
         progress=None,
+        # Retention and the log cleaner act within a second or two, so tests can watch them.
+        broker_config=FAST_LOG_MAINTENANCE,
     )
     broker.up()
     try:
@@ -73,17 +87,52 @@ def es_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def pg_server_url() -> str:
-    """URL of the real PostgreSQL server's maintenance database (TRIBUTARY_TEST_PG_URL)."""
-    url = database_url(os.environ.get("TRIBUTARY_TEST_PG_URL") or DEFAULT_TEST_PG_URL, MAINTENANCE_DB)
+def pg_server_url() -> Iterator[str]:
+    """URL of a PostgreSQL server's maintenance database where tests may create databases.
+
+    The server of TRIBUTARY_TEST_PG_URL (default: 127.0.0.1:5432) when it answers; otherwise a
+    private cluster of this session's own, on a free port, removed at the end.
+    """
+    configured = os.environ.get("TRIBUTARY_TEST_PG_URL")
+    url = database_url(configured or DEFAULT_TEST_PG_URL, MAINTENANCE_DB)
     reason = server_answers(url, timeout=3)
-    if reason is not None:
+    if reason is None:
+        yield url
+        return
+    if configured and not settings_endpoint_is_loopback(url):
         pytest.fail(
-            f"PostgreSQL at {redact_url(url)} does not answer ({reason}); start it, or set "
-            "TRIBUTARY_TEST_PG_URL to a server where the user may create databases",
+            f"PostgreSQL at {redact_url(url)} (TRIBUTARY_TEST_PG_URL) does not answer ({reason}); start it, "
+            "or unset TRIBUTARY_TEST_PG_URL and the tests start a private cluster",
             pytrace=False,
         )
-    return url
+    # The `postgres` user runs the cluster, so its directory must not sit under pytest's
+    # root-only temp dir.
+    root = Path(tempfile.mkdtemp(prefix="tributary-test-pg-"))
+    root.chmod(0o755)
+    private_url = f"postgresql://postgres@127.0.0.1:{free_port()}/{MAINTENANCE_DB}"
+    server = PostgresServer(
+        replace(
+            load_settings(),
+            state_dir=root,
+            pg_url=private_url,
+            airflow_db_url=database_url(private_url, "tributary_airflow"),
+        ),
+        progress=None,
+    )
+    server.up()
+    try:
+        yield private_url
+    finally:
+        try:
+            server.down()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def settings_endpoint_is_loopback(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return (urlsplit(url).hostname or "") in {"127.0.0.1", "localhost", "::1"}
 
 
 @pytest.fixture

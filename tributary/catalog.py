@@ -29,8 +29,8 @@ def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
 class Topic:
     """A Kafka topic and the configs it is created with.
 
-    Configs are always set explicitly: some brokers (Tansu) report an empty config for a topic
-    created without them, and clients that read `retention.ms` back then fail.
+    Configs are always set explicitly, so a topic is the same on every broker whatever the
+    broker's defaults.
     """
 
     name: str

@@ -8,19 +8,17 @@ boundary), after Airflow so the supervisor cannot restart them meanwhile.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from tributary.airflow_api import AirflowApi
 from tributary.airflow_env import admin_password, passwords_file
-from tributary.catalog import PIPELINES, PLATFORM, USER_EVENTS, Pipeline, get_pipeline
+from tributary.catalog import PIPELINES, USER_EVENTS, Pipeline, get_pipeline
 from tributary.clients import pg_connect
 from tributary.drivers import stop_driver
 from tributary.registry import JobRegistry
 from tributary.settings import REPO_ROOT, Settings
-from tributary.stack.component import ComponentStatus, State
+from tributary.stack.component import ComponentStatus
 from tributary.stack.errors import StackError
 
 BOOTSTRAP_DAG = "tributary_bootstrap"
@@ -39,9 +37,6 @@ def runnable_pipelines() -> list[Pipeline]:
 
 
 def start(settings: Settings, statuses: Sequence[ComponentStatus], progress: Progress) -> None:
-    broker_fresh = any(s.name == "kafka" and s.state == State.STARTED for s in statuses)
-    if broker_fresh and settings.embedded_kafka:
-        reset_stream_state(settings, progress)
     password = admin_password(settings)
     if password is None:
         raise StackError(f"no Airflow admin password in {passwords_file(settings)}; is the api-server up?")
@@ -110,51 +105,6 @@ def wait_until_running(settings: Settings, jobs: Sequence[str], progress: Progre
             )
         if pending:
             time.sleep(2.0)
-
-
-def reset_stream_state(settings: Settings, progress: Progress) -> None:
-    """A fresh memory-only broker starts its offsets at 0 again: clear what was keyed by the old ones.
-
-    Checkpoints hold offsets of a log that no longer exists, and rows keyed by (topic, partition,
-    offset) would make new records at reused offsets look like replays. Users and the job
-    registry are kept. Production (a persistent Kafka) never gets here.
-    """
-    checkpoints = Path(settings.checkpoint_root)
-    had_checkpoints = checkpoints.exists() and any(checkpoints.iterdir())
-    with pg_connect(settings.pg_url) as conn:
-        existing = {
-            r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").fetchall()
-        }
-        tables = [
-            t
-            for p in PIPELINES.values()
-            # `state` too: the user_events buckets of the old run would otherwise be summed into
-            # new windows (the first close starts from the oldest bucket).
-            for t in (p.tables.raw, p.tables.summary, p.tables.anomalies, p.tables.late, p.tables.state)
-            if t and t in existing
-        ]
-        tables += [
-            t
-            for t in (
-                PLATFORM.dead_letters_table,
-                PLATFORM.outbox_table,
-                PLATFORM.heartbeats_table,
-                PLATFORM.watermarks_table,
-            )
-            if t in existing
-        ]
-        has_rows = any(conn.execute(f"SELECT EXISTS (SELECT 1 FROM {t})").fetchone()[0] for t in tables)  # type: ignore[index]
-        if not (had_checkpoints or has_rows):
-            return
-        progress(
-            "platform: the embedded Kafka broker is memory-only and started empty, so offsets restart at 0; "
-            f"clearing stream state of the previous run (checkpoints, {', '.join(tables)})"
-        )
-        if tables:
-            conn.execute(f"TRUNCATE {', '.join(tables)}")
-        conn.commit()
-    if had_checkpoints:
-        shutil.rmtree(checkpoints)
 
 
 def stop_jobs(settings: Settings, progress: Progress | None, grace_s: float = 60.0) -> None:

@@ -131,8 +131,8 @@ def _align_topic(
         except KafkaException as exc:
             raise ProvisioningError(
                 f"topic {topic.name} has {partitions} partitions, the catalog wants {topic.partitions}, and the "
-                f"broker refused to add partitions ({exc}); on a broker without that support (the embedded "
-                "Tansu), delete and recreate the topic, or lower `partitions` in tributary/catalog.py"
+                f"broker refused to add partitions ({exc}); fix the cause the broker names, or lower "
+                "`partitions` in tributary/catalog.py"
             ) from exc
         details.append(f"partitions {partitions} -> {topic.partitions}")
     elif partitions > topic.partitions:

@@ -461,46 +461,19 @@ def log_start_offsets(
     settings: Settings, topic: str, partitions: Iterable[int], timeout_s: float = 10.0
 ) -> dict[int, int]:
     """The broker's first retained offset of each partition (records below it are gone)."""
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    from tributary.kafka_log import KafkaLog
 
-    consumer = Consumer(
-        kafka_config(
-            settings,
-            **{
-                "group.id": "tributary-reconciliation",
-                "enable.auto.commit": False,
-                "client.id": "tributary-reconciliation",
-            },
-        )
-    )
-    try:
-        starts = {}
-        for partition in partitions:
-            try:
-                low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
-            except KafkaException as error:
-                raise RuntimeError(
-                    f"could not read the log start offset of {topic}/{partition} from {settings.kafka_bootstrap} "
-                    f"({error}); check that the broker runs and the topic exists (tributary_bootstrap DAG)"
-                ) from error
-            starts[partition] = int(low)
-        return starts
-    finally:
-        consumer.close()
+    with KafkaLog(kafka_config(settings), client_id="tributary-reconciliation", timeout_s=timeout_s) as reader:
+        bounds = reader.bounds((topic, partition) for partition in partitions)
+    return {partition: b.start for (_, partition), b in bounds.items()}
 
 
 def topic_partitions(settings: Settings, topic: str, timeout_s: float = 10.0) -> list[int]:
     """Partition numbers of `topic` on the broker; raises with the fix when it is missing."""
-    from confluent_kafka.admin import AdminClient
+    from tributary.kafka_log import KafkaLog
 
-    metadata = AdminClient(kafka_config(settings)).list_topics(topic, timeout=timeout_s)
-    found = metadata.topics.get(topic)
-    if found is None or found.error is not None:
-        raise RuntimeError(
-            f"topic {topic} is not on the broker {settings.kafka_bootstrap} "
-            f"({found.error if found else 'missing'}); run the tributary_bootstrap DAG"
-        )
-    return sorted(found.partitions)
+    with KafkaLog(kafka_config(settings), client_id="tributary-reconciliation", timeout_s=timeout_s) as reader:
+        return reader.partitions(topic)
 
 
 def check_kafka_raw(

@@ -17,6 +17,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Defaults of the embedded stack; the ES client only sends plain JSON media types to the
 # embedded server unless told otherwise (see `es_plain_json`).
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_KAFKA_CONTROLLER_PORT = 9093
+DEFAULT_CACHE_DIR = Path("~/.cache/tributary")
 DEFAULT_ES_URL = "http://127.0.0.1:9200"
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/tributary"
 DEFAULT_AIRFLOW_DB_URL = "postgresql://postgres@127.0.0.1:5432/tributary_airflow"
@@ -116,7 +118,25 @@ class Settings:
     embedded_kafka: bool = field(
         metadata={
             "env": "TRIBUTARY_EMBEDDED_KAFKA",
-            "doc": "Start the embedded Tansu broker (0 to use an external Kafka)",
+            "doc": "Start the embedded Apache Kafka broker (0 to use an external Kafka)",
+        }
+    )
+    kafka_controller_port: int = field(
+        metadata={
+            "env": "TRIBUTARY_KAFKA_CONTROLLER_PORT",
+            "doc": "KRaft controller port of the embedded broker (127.0.0.1 only)",
+        }
+    )
+    kafka_heap: str = field(
+        metadata={
+            "env": "TRIBUTARY_KAFKA_HEAP",
+            "doc": "Maximum JVM heap of the embedded broker (java -Xmx), e.g. 1g",
+        }
+    )
+    cache_dir: Path = field(
+        metadata={
+            "env": "TRIBUTARY_CACHE_DIR",
+            "doc": "Downloads shared by every checkout (the Kafka broker's jars), outside the repo",
         }
     )
     es_url: str = field(
@@ -182,6 +202,9 @@ class Settings:
             kafka_bootstrap=_env_str("TRIBUTARY_KAFKA_BOOTSTRAP", DEFAULT_KAFKA_BOOTSTRAP),
             kafka_replication_factor=_env_int("TRIBUTARY_KAFKA_REPLICATION_FACTOR", 1),
             embedded_kafka=_env_bool("TRIBUTARY_EMBEDDED_KAFKA", True),
+            kafka_controller_port=_env_int("TRIBUTARY_KAFKA_CONTROLLER_PORT", DEFAULT_KAFKA_CONTROLLER_PORT),
+            kafka_heap=_env_str("TRIBUTARY_KAFKA_HEAP", "1g"),
+            cache_dir=_env_path("TRIBUTARY_CACHE_DIR", DEFAULT_CACHE_DIR.expanduser()),
             es_url=es_url,
             embedded_es=embedded_es,
             # Real Elasticsearch 8 wants its versioned media type; the embedded (OpenSearch-like)
@@ -206,6 +229,10 @@ class Settings:
         if not host or not port.isdigit():
             raise ValueError(f"TRIBUTARY_KAFKA_BOOTSTRAP={self.kafka_bootstrap!r} is not host:port[,host:port...]")
         return Endpoint(host.strip("[]"), int(port), "TRIBUTARY_KAFKA_BOOTSTRAP")
+
+    @property
+    def kafka_controller_endpoint(self) -> Endpoint:
+        return Endpoint(self.kafka_endpoint.host, self.kafka_controller_port, "TRIBUTARY_KAFKA_CONTROLLER_PORT")
 
     @property
     def es_endpoint(self) -> Endpoint:

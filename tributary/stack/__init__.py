@@ -1,7 +1,7 @@
 """The embedded platform stack behind `tributary up|down|status`, and its building blocks.
 
 Modules: `processes` (PID files, detached processes), `ports`, `health` (probes and waiting),
-`component` (the common interface), `postgres`, `broker` (Tansu), `search` (osmem), `airflow`,
+`component` (the common interface), `postgres`, `broker` (Apache Kafka, KRaft), `kafka_install` (its jars), `search` (osmem), `airflow`,
 `lifecycle` (the whole stack in order), `report` (tables).
 """
 

@@ -123,6 +123,8 @@ class ProcessComponent(Component):
 
     # pip package that provides the executable, named in the error when it is missing.
     package: str = ""
+    # Seconds between SIGTERM and SIGKILL when stopping.
+    stop_timeout: float = 15.0
 
     def __init__(self, settings: Settings, progress: Progress | None = print_progress) -> None:
         super().__init__(settings, progress)
@@ -138,6 +140,11 @@ class ProcessComponent(Component):
     def listen(self) -> Endpoint | None:
         """The address the process listens on, checked to be free before starting."""
         return None
+
+    @property
+    def listens(self) -> list[Endpoint]:
+        """Every address the process listens on (each checked to be free before starting)."""
+        return [] if self.listen is None else [self.listen]
 
     @abstractmethod
     def command(self) -> list[str]:
@@ -168,8 +175,8 @@ class ProcessComponent(Component):
             self._record, self._already_running = record, True
             return
         self._stop_leftovers()
-        if self.listen is not None:
-            ensure_port_free(self.name, self.listen, self.log_path)
+        for endpoint in self.listens:
+            ensure_port_free(self.name, endpoint, self.log_path)
         argv = self.command()
         self._record = spawn(argv, log_path=self.log_path, pid_file=self.pid_file, env=self.environment())
         log.info("%s started: pid %d", self.name, self._record.pid)
@@ -232,7 +239,7 @@ class ProcessComponent(Component):
             self.pid_file.remove()
             record = None
         if record is not None:
-            stop(record)
+            stop(record, timeout=self.stop_timeout)
             self.pid_file.remove()
             return self._status(State.STOPPED, record.pid)
         return self._status(State.STOPPED if self.embedded else State.EXTERNAL)

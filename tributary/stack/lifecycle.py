@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 from tributary.settings import Settings
 from tributary.stack.airflow import AIRFLOW_COMPONENTS, migrate_metadata_db
-from tributary.stack.broker import TansuBroker
+from tributary.stack.broker import KafkaBroker
 from tributary.stack.component import Component, ComponentStatus, print_progress
 from tributary.stack.errors import StackError
 from tributary.stack.health import Progress
@@ -28,7 +28,7 @@ def stack_components(settings: Settings, progress: Progress | None = print_progr
     """Every component of the stack, in start order."""
     return [
         PostgresServer(settings, progress),
-        TansuBroker(settings, progress),
+        KafkaBroker(settings, progress),
         OsmemSearch(settings, progress),
         *(cls(settings, progress) for cls in AIRFLOW_COMPONENTS),
     ]
