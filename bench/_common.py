@@ -17,12 +17,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tributary.stack.postgres import (
-    MAINTENANCE_DB,
     database_name,
     database_url,
     drop_database,
     ensure_database,
     redact_url,
+    scratch_server,
 )
 
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -33,9 +33,14 @@ def say(message: str) -> None:
     print(f"[{datetime.now():%H:%M:%S}] {message}", flush=True)
 
 
-def server_url() -> str:
-    """URL of the maintenance database of the server benchmarks use: TRIBUTARY_TEST_PG_URL, like the tests."""
-    return database_url(os.environ.get("TRIBUTARY_TEST_PG_URL") or DEFAULT_SERVER_URL, MAINTENANCE_DB)
+@contextmanager
+def bench_server() -> Iterator[str]:
+    """URL of the maintenance database of the server benchmarks use: TRIBUTARY_TEST_PG_URL's (as the
+    tests), or, when nothing answers there, a private cluster that lives as long as the run."""
+    with scratch_server(
+        os.environ.get("TRIBUTARY_TEST_PG_URL"), DEFAULT_SERVER_URL, setting="TRIBUTARY_TEST_PG_URL"
+    ) as url:
+        yield url
 
 
 def bench_database_url(server: str, tag: str) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import bench_database_url, say, server_url
+from _common import bench_database_url, bench_server, say
 from pyspark.sql import SparkSession
 
 from spark_jobs.batch.backfill import (
@@ -140,9 +140,8 @@ def main() -> int:
     parser.add_argument("--skip-phases", action="store_true", help="only the backfill and its rerun")
     args = parser.parse_args()
 
-    server = server_url()
     day = (datetime.now(UTC) - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    with tempfile.TemporaryDirectory(prefix="tributary-bench-") as tmp:
+    with bench_server() as server, tempfile.TemporaryDirectory(prefix="tributary-bench-") as tmp:
         settings = replace(
             load_settings(),
             state_dir=Path(tmp),

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import bench_database_url, say, server_url
+from _common import bench_database_url, bench_server, say
 
 from spark_jobs.session import build_session
 from spark_jobs.user_events.job import JobOptions, UserEventsJob
@@ -190,8 +190,7 @@ def main() -> int:
     args = parser.parse_args()
 
     base = load_settings()
-    server = server_url()
-    with tempfile.TemporaryDirectory(prefix="tributary-bench-") as tmp:
+    with bench_server() as server, tempfile.TemporaryDirectory(prefix="tributary-bench-") as tmp:
         settings = replace(
             base,
             state_dir=Path(tmp),

@@ -30,6 +30,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
-from _common import say, server_url, throwaway_database
+from _common import bench_server, say, throwaway_database
 
 from spark_jobs.weather.transforms import ALL_STATIONS
 from tributary.catalog import WEATHER
@@ -357,7 +358,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2_000, help="measured runs per query shape")
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured runs per query shape before those")
     parser.add_argument(
-        "--pg-url", default=server_url(), help="server to create the database on (default: TRIBUTARY_TEST_PG_URL)"
+        "--pg-url",
+        default=None,
+        help="server to create the database on (default: TRIBUTARY_TEST_PG_URL's, or a private cluster when none answers)",
     )
     parser.add_argument("--binary", action="store_true", help="fetch results in binary format (default: text)")
     parser.add_argument(
@@ -370,7 +373,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.rows < 1 or args.stations < 1 or args.runs < 1 or args.warmup < 0:
         parser.error("--rows, --stations and --runs must be at least 1, --warmup at least 0")
-    reason = server_answers(args.pg_url, timeout=5)
+    reason = None if args.pg_url is None else server_answers(args.pg_url, timeout=5)
     if reason is not None:
         parser.exit(
             2,
@@ -385,7 +388,10 @@ def main() -> int:
         current_hour=datetime.now(UTC).replace(minute=0, second=0, microsecond=0),
     )
     try:
-        with throwaway_database(args.pg_url, "weather", keep=args.keep) as pg_url:
+        with (
+            nullcontext(args.pg_url) if args.pg_url else bench_server() as server,
+            throwaway_database(server, "weather", keep=args.keep) as pg_url,
+        ):
             run(pg_url, dataset, Runs(args.warmup, args.runs, args.binary), args.migrations)
     except KeyboardInterrupt:
         say("interrupted")

@@ -39,7 +39,7 @@ from spark_jobs.sinks.elasticsearch import ElasticsearchSink
 from spark_jobs.sinks.outbox import OutboxPublisher
 from spark_jobs.sinks.partition_writer import DAY, EVENT_TS, VIOLATIONS
 from spark_jobs.sinks.postgres import MergeTarget, PostgresBatch, PostgresSink
-from spark_jobs.sources.kafka import read_kafka_stream
+from spark_jobs.sources.kafka import pipeline_source_options, read_kafka_stream
 from tributary.catalog import PLATFORM, Pipeline, PlatformNames
 from tributary.clients import es_client, kafka_config, pg_connect
 from tributary.registry import JobRegistry
@@ -105,19 +105,22 @@ class StreamingJob:
         """Query name -> function starting it; every query of the job, in start order."""
         raise NotImplementedError
 
+    def source_options(self) -> dict[str, str]:
+        """The Kafka source options of the job's queries: the catalog's topic, limits and data-loss
+        policy (`on_data_loss`), the platform's Kafka client settings, and this run's options."""
+        return pipeline_source_options(
+            self.settings,
+            self.pipeline,
+            self.platform,
+            starting_offsets=self.options.starting_offsets,
+            max_offsets_per_trigger=self.options.max_offsets_per_trigger or None,
+            # Several tasks per partition and batch keep both cores busy in local mode.
+            max_records_per_partition=self.options.max_records_per_task,
+        )
+
     def read(self) -> DataFrame:
         """The pipeline's topic as a stream with Spark's Kafka source columns."""
-        max_offsets = self.options.max_offsets_per_trigger or self.pipeline.max_offsets_per_trigger
-        options = {
-            "kafka.bootstrap.servers": self.settings.kafka_bootstrap,
-            "subscribe": self.pipeline.topic.name,
-            "startingOffsets": self.options.starting_offsets,
-            "maxOffsetsPerTrigger": str(max_offsets),
-            "failOnDataLoss": "true",
-            # Several tasks per partition and batch keep both cores busy in local mode.
-            "maxRecordsPerPartition": str(self.options.max_records_per_task),
-        }
-        return read_kafka_stream(self.spark, options, use_native=self.options.native_kafka)
+        return read_kafka_stream(self.spark, self.source_options(), use_native=self.options.native_kafka)
 
     def checkpoint(self, query: str) -> str:
         return f"{self.pipeline.checkpoint_location(self.settings.checkpoint_root)}/{query}"

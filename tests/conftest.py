@@ -11,8 +11,6 @@ and stops it at the end. Each test that asks for `pg_url` gets a database of its
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import fields, replace
@@ -22,16 +20,14 @@ import pytest
 
 from tributary.settings import Settings, load_settings
 from tributary.stack.broker import KafkaBroker
+from tributary.stack.errors import StackError
 from tributary.stack.ports import free_port
 from tributary.stack.postgres import (
-    MAINTENANCE_DB,
-    PostgresServer,
     database_name,
     database_url,
     drop_database,
     ensure_database,
-    redact_url,
-    server_answers,
+    scratch_server,
 )
 from tributary.stack.search import OsmemSearch
 
@@ -93,46 +89,13 @@ def pg_server_url() -> Iterator[str]:
     The server of TRIBUTARY_TEST_PG_URL (default: 127.0.0.1:5432) when it answers; otherwise a
     private cluster of this session's own, on a free port, removed at the end.
     """
-    configured = os.environ.get("TRIBUTARY_TEST_PG_URL")
-    url = database_url(configured or DEFAULT_TEST_PG_URL, MAINTENANCE_DB)
-    reason = server_answers(url, timeout=3)
-    if reason is None:
-        yield url
-        return
-    if configured and not settings_endpoint_is_loopback(url):
-        pytest.fail(
-            f"PostgreSQL at {redact_url(url)} (TRIBUTARY_TEST_PG_URL) does not answer ({reason}); start it, "
-            "or unset TRIBUTARY_TEST_PG_URL and the tests start a private cluster",
-            pytrace=False,
-        )
-    # The `postgres` user runs the cluster, so its directory must not sit under pytest's
-    # root-only temp dir.
-    root = Path(tempfile.mkdtemp(prefix="tributary-test-pg-"))
-    root.chmod(0o755)
-    private_url = f"postgresql://postgres@127.0.0.1:{free_port()}/{MAINTENANCE_DB}"
-    server = PostgresServer(
-        replace(
-            load_settings(),
-            state_dir=root,
-            pg_url=private_url,
-            airflow_db_url=database_url(private_url, "tributary_airflow"),
-        ),
-        progress=None,
-    )
-    server.up()
     try:
-        yield private_url
-    finally:
-        try:
-            server.down()
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-
-
-def settings_endpoint_is_loopback(url: str) -> bool:
-    from urllib.parse import urlsplit
-
-    return (urlsplit(url).hostname or "") in {"127.0.0.1", "localhost", "::1"}
+        with scratch_server(
+            os.environ.get("TRIBUTARY_TEST_PG_URL"), DEFAULT_TEST_PG_URL, setting="TRIBUTARY_TEST_PG_URL"
+        ) as url:
+            yield url
+    except StackError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 FieldType = Literal["long", "double", "string", "timestamp"]
 CleanupPolicy = Literal["delete", "compact", "compact,delete"]
+DataLossPolicy = Literal["fail", "record"]
 
 DAY_MS = 24 * 60 * 60 * 1000
 
@@ -227,6 +228,12 @@ class Pipeline:
     # `make up` asks the supervisor to run this job (desired state "running").
     autostart: bool = True
     batch: BatchPolicy = field(default_factory=lambda: BatchPolicy())
+    # What the job does when retention deleted records it has not read yet (its checkpoint is
+    # below the log start). "fail": the query stops with an error naming the lost offset range
+    # (`[from, to)`, topic and partition); a person decides (new checkpoint, or failOnDataLoss).
+    # "record": the job skips to what is left and records each lost range in the platform's
+    # `lost_ranges_table`, which reconciliation reports. Never a silent skip.
+    on_data_loss: DataLossPolicy = "fail"
 
     @property
     def job_name(self) -> str:
@@ -259,6 +266,8 @@ class PlatformNames:
     # The newest event time per job and query, from which the next batch's watermark follows.
     watermarks_table: str
     migrations_table: str
+    # Kafka offset ranges a job skipped because retention deleted them unread (`on_data_loss` "record").
+    lost_ranges_table: str
     # Published outbox rows are deleted by compaction after this many days.
     outbox_retention_days: int = 7
 
@@ -277,6 +286,7 @@ PLATFORM = PlatformNames(
     compaction_reports_table="compaction_reports",
     watermarks_table="stream_watermarks",
     migrations_table="_yoyo_migration",
+    lost_ranges_table="kafka_lost_ranges",
 )
 
 _KEYWORD = {"type": "keyword"}
@@ -365,6 +375,8 @@ USER_EVENTS = Pipeline(
         min_users_for_zscore=5,
     ),
     job_module="spark_jobs.user_events",
+    # Activity windows and anomaly scores over a hole would be wrong without a sign: stop and ask.
+    on_data_loss="fail",
     # Catching up, fewer larger batches spend less on each batch's fixed costs (planning, task
     # start-up, the window close's Spark jobs); tasks stay at maxRecordsPerPartition records.
     max_offsets_per_trigger=500_000,
@@ -394,6 +406,8 @@ WEATHER = Pipeline(
     indices=_frozen({}),
     windows=(Window(3600, watermark_s=600),),
     job_module="spark_jobs.weather",
+    # Hourly averages survive a hole; fresh readings matter more than a stalled job.
+    on_data_loss="record",
 )
 
 APP_LOGS = Pipeline(
@@ -436,6 +450,8 @@ APP_LOGS = Pipeline(
     ),
     windows=(Window(60, watermark_s=120),),
     job_module="spark_jobs.app_logs",
+    # Dashboards want today's logs; a recorded hole is better than a stalled job.
+    on_data_loss="record",
 )
 
 PIPELINES: Mapping[str, Pipeline] = _frozen({p.name: p for p in (USER_EVENTS, WEATHER, APP_LOGS)})
@@ -472,5 +488,6 @@ def all_tables() -> list[str]:
         PLATFORM.backfill_runs_table,
         PLATFORM.compaction_reports_table,
         PLATFORM.watermarks_table,
+        PLATFORM.lost_ranges_table,
     ]
     return shared + [t for p in PIPELINES.values() for t in p.tables.names()]

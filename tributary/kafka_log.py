@@ -10,11 +10,15 @@ and never commits.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+log = logging.getLogger(__name__)
 
 PartitionKey = tuple[str, int]
 IsolationLevel = Literal["read_committed", "read_uncommitted"]
@@ -24,6 +28,28 @@ PLATFORM_ISOLATION: IsolationLevel = "read_committed"
 METADATA_TIMEOUT_S = 30.0
 # librdkafka wants a group.id on every consumer, even one that is only assigned partitions.
 READER_GROUP_ID = "tributary-log-reader"
+RETRY_PAUSE_S = 0.5
+# What a broker answers while it starts, moves leaders or is briefly unreachable: asking again
+# within the reader's timeout gets the real answer.
+_TRANSIENT_CODES = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.REPLICA_NOT_AVAILABLE,
+        KafkaError.BROKER_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._WAIT_COORD,
+    }
+)
+
+
+def is_transient(error: KafkaError) -> bool:
+    """True for errors a later request can get past (leadership changes, a restarting broker)."""
+    return error.code() in _TRANSIENT_CODES or (error.retriable() and not error.fatal())
 
 
 class MissingTopicError(RuntimeError):
@@ -88,8 +114,15 @@ class KafkaLog:
 
     def partitions(self, topic: str, *, missing_ok: bool = False) -> list[int]:
         """Partition numbers of `topic`, sorted; [] for a missing topic when `missing_ok`."""
+
+        def read() -> Any:
+            found = self.consumer.list_topics(topic, timeout=self.timeout_s).topics.get(topic)
+            if found is not None and found.error is not None and is_transient(found.error):
+                raise KafkaException(found.error)
+            return found
+
         try:
-            metadata = self.consumer.list_topics(topic, timeout=self.timeout_s).topics.get(topic)
+            metadata = retry_transient(read, self.timeout_s, f"metadata of {topic}")
         except KafkaException as exc:
             raise RuntimeError(
                 f"cannot read the metadata of topic {topic!r} from {self.bootstrap}: {exc}; "
@@ -120,10 +153,28 @@ def log_bounds(consumer: Consumer, key: PartitionKey, timeout_s: float, bootstra
     """`[start, end)` of one partition through `consumer` (its isolation level decides the end)."""
     topic, partition = key
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+        low, high = retry_transient(
+            lambda: consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s),
+            timeout_s,
+            f"offsets of {topic}-{partition}",
+        )
     except KafkaException as exc:
         raise RuntimeError(
             f"cannot read the offsets of {topic}-{partition} from {bootstrap}: {exc}; "
             "check that the broker is up and the topic exists"
         ) from exc
     return LogBounds(int(low), int(high))
+
+
+def retry_transient(call: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """`call()`, asked again while it fails with a transient Kafka error, for up to `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if error is None or not is_transient(error) or time.monotonic() + RETRY_PAUSE_S > deadline:
+                raise
+            log.warning("reading the %s: %s; asking again", what, error)
+            time.sleep(RETRY_PAUSE_S)

@@ -15,6 +15,11 @@ One run checks one pipeline and one closed hour (UTC) and stores what it compare
   offset carries no timestamp, so a gap is charged to the hour of the stored position that
   follows it (a trailing gap: to every hour from that of the last stored position on, until it
   is fixed). Kafka gaps cannot be backfilled from raw: they are reported, never auto-repaired.
+  Offsets inside a range the job recorded as lost (`kafka_lost_ranges`: retention deleted the
+  records before the job read them, and the catalog's `on_data_loss` is "record") are no gap:
+  they are reported as that lost range, in the hour whose gap they fall in, and fail the run too
+  (the hour's data is incomplete, and nothing can refill it), with what a person can do instead
+  of a backfill.
 - **raw_es**: documents per hour by event time in the pipeline's index family versus raw rows;
   when the counts differ, per-minute histograms of both narrow it down and the document ids
   (`{topic}-{partition}-{offset}`) of the differing minutes are compared, so small mismatches
@@ -169,7 +174,10 @@ class HourReport:
             checked = sorted({r.check for r in self.results if r.outcome == "ok"})
             head = f"{self.pipeline} {when}: passed ({', '.join(checked) or 'nothing to compare'})"
         lines = [head, *("  " + r.line() for r in self.results if r.outcome != "ok")]
-        kafka_gaps = [r for r in self.mismatches if r.check == KAFKA_RAW]
+        # Recorded lost ranges are records Kafka no longer has: they carry their own fix.
+        kafka_gaps = [
+            r for r in self.mismatches if r.check == KAFKA_RAW and (r.detail.get("missing") or not r.detail.get("lost"))
+        ]
         repairs = [r.backfill for r in self.mismatches if r.backfill is not None]
         if repairs:
             lines.append(
@@ -258,6 +266,9 @@ class HourPositions:
     dead_rows: int
     gaps: tuple[OffsetRange, ...] = ()  # between stored positions of the hour (first LISTED)
     surplus: tuple[OffsetRange, ...] = ()  # positions stored more than once (first LISTED)
+    # Recorded lost ranges meeting those gaps, each with how many of its offsets are in them
+    # (counted over every gap of the hour, not only the listed ones).
+    lost_in_gaps: tuple[tuple[OffsetRange, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -283,6 +294,47 @@ def range_size(ranges: Iterable[OffsetRange]) -> int:
     return sum(last - first + 1 for first, last in ranges)
 
 
+def merge_ranges(ranges: Iterable[OffsetRange]) -> list[OffsetRange]:
+    """Ranges merged where they overlap or touch, sorted."""
+    merged: list[OffsetRange] = []
+    for first, last in sorted(ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def overlap(a: OffsetRange, b: OffsetRange) -> int:
+    """How many offsets two ranges share."""
+    return max(0, min(a[1], b[1]) - max(a[0], b[0]) + 1)
+
+
+def subtract_ranges(ranges: Iterable[OffsetRange], removed: Iterable[OffsetRange]) -> list[OffsetRange]:
+    """The parts of `ranges` outside every range of `removed`, sorted."""
+    cuts = merge_ranges(removed)
+    result: list[OffsetRange] = []
+    for first, last in sorted(ranges):
+        start = first
+        for cut_first, cut_last in cuts:
+            if cut_last < start or cut_first > last:
+                continue
+            if cut_first > start:
+                result.append((start, cut_first - 1))
+            start = cut_last + 1
+        if start <= last:
+            result.append((start, last))
+    return result
+
+
+def format_half_open(ranges: Sequence[OffsetRange], limit: int = 10) -> str:
+    """`[12, 40), [99, 100)`: ranges as Kafka offsets `[from, to)`, as the job recorded them."""
+    shown = [f"[{first}, {last + 1})" for first, last in ranges[:limit]]
+    if len(ranges) > limit:
+        shown.append(f"... {len(ranges) - limit} more ranges")
+    return ", ".join(shown)
+
+
 def format_ranges(ranges: Sequence[OffsetRange], limit: int = 10) -> str:
     """`12, 40-45, 99` (at most `limit` ranges, then how many more)."""
     shown = [str(a) if a == b else f"{a}-{b}" for a, b in ranges[:limit]]
@@ -301,26 +353,34 @@ def partition_coverage(
     log_start: int,
     committed_end: int | None,
     last_stored: LastStored | None,
+    lost: Sequence[OffsetRange] = (),
+    lost_table: str = PLATFORM.lost_ranges_table,
 ) -> CheckResult:
     """The kafka_raw result of one partition and hour (see the module docstring for the rules).
 
     `predecessor`: the highest stored offset below the hour's first one (any hour), None if there
     is none; `log_start`: the broker's first retained offset; `committed_end`: the next offset
     the job will read (None when no heartbeat recorded one); `last_stored`: the partition's
-    highest stored offset below `committed_end`.
+    highest stored offset below `committed_end`; `lost`: the partition's ranges the job recorded
+    in `lost_table` as deleted by retention before it read them (merged; `hour.lost_in_gaps` says
+    which meet the hour's inner gaps).
     """
-    gaps: list[OffsetRange] = []
-    missing = 0
+    edge_gaps: list[OffsetRange] = []  # before the hour's first and after the last stored offset
+    inner_gaps: list[OffsetRange] = []
+    inner_missing = 0
+    lost_hits: dict[OffsetRange, int] = {}
     distinct = stored = raw_rows = dead_rows = 0
     surplus: tuple[OffsetRange, ...] = ()
     if hour is not None:
         # Offsets below the broker's log start are gone from Kafka (retention): nothing to compare.
         lead_from = predecessor + 1 if predecessor is not None else min(log_start, hour.first)
         if hour.first > lead_from:
-            gaps.append((lead_from, hour.first - 1))
-            missing += hour.first - lead_from
-        gaps.extend(hour.gaps)
-        missing += (hour.last - hour.first + 1) - hour.distinct
+            edge_gaps.append((lead_from, hour.first - 1))
+        inner_gaps = subtract_ranges(hour.gaps, lost)
+        inner_missing = (hour.last - hour.first + 1) - hour.distinct
+        for lost_range, count in hour.lost_in_gaps:
+            inner_missing -= count
+            lost_hits[lost_range] = lost_hits.get(lost_range, 0) + count
         distinct, raw_rows, dead_rows = hour.distinct, hour.raw_rows, hour.dead_rows
         stored = raw_rows + dead_rows
         surplus = hour.surplus
@@ -328,8 +388,16 @@ def partition_coverage(
         tail_from = last_stored.offset + 1 if last_stored is not None else log_start
         last_ts = last_stored.kafka_timestamp if last_stored is not None else None
         if tail_from < committed_end and (last_ts is None or last_ts < hour_end):
-            gaps.append((tail_from, committed_end - 1))
-            missing += committed_end - tail_from
+            edge_gaps.append((tail_from, committed_end - 1))
+    for gap in edge_gaps:
+        for lost_range in lost:
+            if shared := overlap(gap, lost_range):
+                lost_hits[lost_range] = lost_hits.get(lost_range, 0) + shared
+    edge_left = subtract_ranges(edge_gaps, lost)
+    gaps = sorted(edge_left + inner_gaps)
+    missing = inner_missing + range_size(edge_left)
+    lost_ranges = sorted(lost_hits)
+    lost_count = sum(lost_hits.values())
     duplicates = stored - distinct
     expected = distinct + missing
     detail = {
@@ -346,10 +414,18 @@ def partition_coverage(
         "duplicates": duplicates,
         "gaps": [list(g) for g in gaps[:LISTED]],
         "surplus": [list(s) for s in surplus[:LISTED]],
+        "lost": lost_count,
+        # As recorded: Kafka offsets [from_offset, to_offset).
+        "lost_ranges": [{"from_offset": first, "to_offset": last + 1} for first, last in lost_ranges[:LISTED]],
     }
     problems = []
     if missing:
         problems.append(f"{_plural(missing, 'offset')} consumed but not stored, offsets {format_ranges(gaps)}")
+    if lost_count:
+        problems.append(
+            f"{_plural(lost_count, 'offset')} deleted by Kafka retention before the job read them, "
+            f"recorded lost {'range' if len(lost_ranges) == 1 else 'ranges'} {format_half_open(lost_ranges)}"
+        )
     if duplicates:
         problems.append(
             f"{_plural(duplicates, 'offset')} stored twice (raw and dead letter), offsets {format_ranges(surplus)}"
@@ -358,6 +434,13 @@ def partition_coverage(
     if committed_end is None:
         stored_text += "; no committed end offset recorded, so offsets after the last stored one are not checked"
     if problems:
+        fix = None
+        if lost_count:
+            fix = (
+                f"records Kafka retention deleted before the job read them (see {lost_table}) cannot be consumed "
+                "again: re-send them from their source if it still has them, or accept the loss; to lose no more, "
+                "raise the topic's retention.ms in the catalog or find why the job fell that far behind"
+            )
         return CheckResult(
             KAFKA_RAW,
             f"{topic}/{partition}",
@@ -366,6 +449,7 @@ def partition_coverage(
             expected,
             stored,
             detail,
+            fix=fix,
         )
     return CheckResult(KAFKA_RAW, f"{topic}/{partition}", "ok", stored_text, expected, stored, detail)
 
@@ -379,6 +463,10 @@ WITH stored AS (
     WHERE topic = %(topic)s AND kafka_timestamp >= %(start)s AND kafka_timestamp < %(end)s
 ), committed AS (
     SELECT * FROM unnest(%(partitions)s::integer[], %(ends)s::bigint[]) AS c (kafka_partition, end_offset)
+), lost AS (
+    -- Ranges the job recorded as lost (merged, so disjoint), first and last offset.
+    SELECT * FROM unnest(%(lost_partitions)s::integer[], %(lost_firsts)s::bigint[], %(lost_lasts)s::bigint[])
+        AS l (kafka_partition, first_offset, last_offset)
 ), positions AS MATERIALIZED (
     -- Offsets at or past the committed end belong to a batch still being written: not checked.
     SELECT s.kafka_partition, s.kafka_offset, sum(s.raw_rows) AS raw_rows, sum(s.dead_rows) AS dead_rows
@@ -407,6 +495,13 @@ UNION ALL
 SELECT 'gap', kafka_partition, first_offset, last_offset, NULL, NULL, NULL FROM gaps WHERE n <= %(listed)s
 UNION ALL
 SELECT 'surplus', kafka_partition, first_offset, last_offset, NULL, NULL, NULL FROM surplus WHERE n <= %(listed)s
+UNION ALL
+-- Each lost range meeting the gaps, and how many of its offsets are in them (every gap, listed or not).
+SELECT 'lost', l.kafka_partition, l.first_offset, l.last_offset,
+       sum(least(l.last_offset, g.last_offset) - greatest(l.first_offset, g.first_offset) + 1)::bigint, NULL, NULL
+FROM lost l JOIN gaps g ON g.kafka_partition = l.kafka_partition
+    AND g.first_offset <= l.last_offset AND g.last_offset >= l.first_offset
+GROUP BY l.kafka_partition, l.first_offset, l.last_offset
 """
 
 _PREDECESSOR = """
@@ -427,6 +522,11 @@ SELECT kafka_offset, kafka_timestamp FROM (
      WHERE topic = %(topic)s AND kafka_partition = %(partition)s AND kafka_offset < %(end)s
      ORDER BY kafka_offset DESC LIMIT 1)
 ) last_positions ORDER BY kafka_offset DESC LIMIT 1
+"""
+
+_LOST_RANGES = """
+SELECT kafka_partition, from_offset, to_offset - 1 FROM {lost}
+WHERE topic = %(topic)s AND to_offset IS NOT NULL ORDER BY kafka_partition, from_offset
 """
 
 _COMMITTED = """
@@ -476,6 +576,21 @@ def topic_partitions(settings: Settings, topic: str, timeout_s: float = 10.0) ->
         return reader.partitions(topic)
 
 
+def recorded_lost_ranges(
+    conn: psycopg.Connection[Any], topic: str, platform: PlatformNames = PLATFORM
+) -> dict[int, list[OffsetRange]]:
+    """{partition: merged (first, last) ranges} the jobs recorded as lost for `topic`.
+
+    Ranges of unknown end (the log was replaced: topic recreated or truncated) are left out: their
+    offsets belong to a log that no longer exists, so no gap of today's offsets is theirs.
+    """
+    rows = conn.execute(_LOST_RANGES.format(lost=platform.lost_ranges_table), {"topic": topic}).fetchall()
+    ranges: dict[int, list[OffsetRange]] = {}
+    for partition, first, last in rows:
+        ranges.setdefault(int(partition), []).append((int(first), int(last)))
+    return {partition: merge_ranges(found) for partition, found in ranges.items()}
+
+
 def check_kafka_raw(
     conn: psycopg.Connection[Any],
     pipeline: Pipeline,
@@ -490,6 +605,8 @@ def check_kafka_raw(
     topic = pipeline.topic.name
     tables = {"raw": pipeline.tables.raw, "dead": platform.dead_letters_table}
     ends = dict(committed_ends or {})
+    lost = recorded_lost_ranges(conn, topic, platform)
+    flat_lost = [(partition, first, last) for partition, ranges in lost.items() for first, last in ranges]
     rows = conn.execute(
         _HOUR_POSITIONS.format(**tables),
         {
@@ -498,15 +615,21 @@ def check_kafka_raw(
             "end": hour_end,
             "partitions": list(ends),
             "ends": list(ends.values()),
+            "lost_partitions": [r[0] for r in flat_lost],
+            "lost_firsts": [r[1] for r in flat_lost],
+            "lost_lasts": [r[2] for r in flat_lost],
             "listed": LISTED,
         },
     ).fetchall()
     spans: dict[int, HourPositions] = {}
     gaps: dict[int, list[OffsetRange]] = {}
     surplus: dict[int, list[OffsetRange]] = {}
+    lost_in_gaps: dict[int, list[tuple[OffsetRange, int]]] = {}
     for kind, partition, first, last, count, raw_rows, dead_rows in rows:
         if kind == "span":
             spans[partition] = HourPositions(partition, first, last, int(count), int(raw_rows), int(dead_rows))
+        elif kind == "lost":
+            lost_in_gaps.setdefault(partition, []).append(((int(first), int(last)), int(count)))
         else:
             (gaps if kind == "gap" else surplus).setdefault(partition, []).append((int(first), int(last)))
     results = []
@@ -517,6 +640,7 @@ def check_kafka_raw(
                 hour,
                 gaps=tuple(sorted(gaps.get(partition, []))),
                 surplus=tuple(sorted(surplus.get(partition, []))),
+                lost_in_gaps=tuple(sorted(lost_in_gaps.get(partition, []))),
             )
         predecessor = None
         if hour is not None:
@@ -541,6 +665,8 @@ def check_kafka_raw(
                 log_start=log_starts.get(partition, 0),
                 committed_end=end,
                 last_stored=last_stored,
+                lost=lost.get(partition, ()),
+                lost_table=platform.lost_ranges_table,
             )
         )
     return results

@@ -21,6 +21,11 @@ from tributary.catalog import PLATFORM
 
 log = logging.getLogger(__name__)
 
+# How long a publish waits for the broker to confirm: as long as the Kafka source waits for
+# records (kafkaConsumer.pollTimeoutMs), so a job rides out a broker restart instead of failing
+# its batch; a longer outage fails the job and the supervisor restarts it.
+BROKER_OUTAGE_TOLERANCE_S = 120.0
+
 OUTBOX = MergeTarget(
     PLATFORM.outbox_table,
     ("dedup_key", "topic", "message_key", "payload"),
@@ -53,7 +58,7 @@ class OutboxPublisher:
         self._sink = sink
         self._batch_size = batch_size
 
-    def publish_pending(self, *, timeout_s: float = 30.0) -> PublishResult:
+    def publish_pending(self, *, timeout_s: float = BROKER_OUTAGE_TOLERANCE_S) -> PublishResult:
         total = PublishResult()
         while True:
             result = self._publish_one_batch(timeout_s)

@@ -34,24 +34,32 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from spark_jobs.sources.kafka_lost_ranges import (
+    LOST_RANGE_OPTIONS,
+    LostRangesTable,
+    is_lost_range_option,
+)
 from spark_jobs.sources.kafka_offsets import (
     DataLossError,
+    LostRange,
     OffsetRange,
     PartitionKey,
     StartingOffsets,
-    check_range_end,
+    data_loss_error,
     distribute_budget,
     from_json_offsets,
     parse_starting_offsets,
     plan_ranges,
+    range_end_loss,
     resolve_start,
     resolve_starting_offsets,
     to_json_offsets,
+    vanished_partition_loss,
 )
 from tributary.kafka_log import IsolationLevel, KafkaLog, LogBounds, log_bounds
 
 if TYPE_CHECKING:
-    from tributary.catalog import Pipeline
+    from tributary.catalog import Pipeline, PlatformNames
     from tributary.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,6 +111,7 @@ _OPTION_NAMES = {
     "failondataloss": "failOnDataLoss",
     "maxrecordsperpartition": "maxRecordsPerPartition",
     "kafkaconsumer.polltimeoutms": "kafkaConsumer.pollTimeoutMs",
+    **LOST_RANGE_OPTIONS,
 }
 # Options of the native source this one does not implement, with what to do instead.
 _UNSUPPORTED_OPTIONS = {
@@ -154,6 +163,8 @@ class KafkaSourceOptions:
     max_records_per_partition: int = DEFAULT_MAX_RECORDS_PER_PARTITION
     poll_timeout_s: float = DEFAULT_POLL_TIMEOUT_MS / 1000
     kafka_settings: Mapping[str, str] = field(default_factory=dict)
+    # Where skipped ranges are recorded (failOnDataLoss=false only); None: they are only logged.
+    lost_ranges: LostRangesTable | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, str]) -> KafkaSourceOptions:
@@ -183,6 +194,13 @@ class KafkaSourceOptions:
         if not topics:
             raise ValueError("option subscribe is required: a comma-separated list of topics")
         max_per_trigger = own.get("maxoffsetspertrigger")
+        fail_on_data_loss = _parse_bool("failOnDataLoss", own.get("failondataloss", "true"))
+        lost_ranges = LostRangesTable.from_options(own)
+        if lost_ranges is not None and fail_on_data_loss:
+            raise ValueError(
+                "options lostRanges.* record the ranges failOnDataLoss=false skips; with failOnDataLoss=true the "
+                "query fails on lost records instead: set failOnDataLoss=false or drop the lostRanges.* options"
+            )
         return cls(
             bootstrap_servers=bootstrap,
             topics=topics,
@@ -190,7 +208,7 @@ class KafkaSourceOptions:
             max_offsets_per_trigger=(
                 None if max_per_trigger is None else _parse_positive_int("maxOffsetsPerTrigger", max_per_trigger)
             ),
-            fail_on_data_loss=_parse_bool("failOnDataLoss", own.get("failondataloss", "true")),
+            fail_on_data_loss=fail_on_data_loss,
             max_records_per_partition=_parse_positive_int(
                 "maxRecordsPerPartition", own.get("maxrecordsperpartition", str(DEFAULT_MAX_RECORDS_PER_PARTITION))
             ),
@@ -199,6 +217,7 @@ class KafkaSourceOptions:
             )
             / 1000,
             kafka_settings=kafka_settings,
+            lost_ranges=lost_ranges,
         )
 
     @property
@@ -309,9 +328,9 @@ def read_offset_range(options: KafkaSourceOptions, offset_range: OffsetRange) ->
     """Yield the records `[start, end)` of one partition as Arrow batches of at most READ_BATCH_RECORDS.
 
     Assigns the partition directly (no group, no commits). Records missing from the range are
-    data loss and handled per failOnDataLoss: below the low watermark (retention) or beyond a
-    log that ends early (truncated / recreated topic). A broker that stops answering fails the
-    task after kafkaConsumer.pollTimeoutMs.
+    data loss and handled per failOnDataLoss (`skip_lost_ranges`): below the low watermark
+    (retention) or beyond a log that ends early (truncated / recreated topic). A broker that stops
+    answering fails the task after kafkaConsumer.pollTimeoutMs.
     """
     topic, partition, end = offset_range.topic, offset_range.partition, offset_range.end
     key = (topic, partition)
@@ -353,16 +372,18 @@ def read_offset_range(options: KafkaSourceOptions, offset_range: OffsetRange) ->
                 return
             if log_end is not None:
                 # EOF comes at the end of the log: before `end`, the log is shorter than planned.
-                skipped = check_range_end(key, end, log_end, fail_on_data_loss=options.fail_on_data_loss)
-                if skipped:
-                    log.warning("skipped %s records [%s, %s) of %s-%s: the log ends early", skipped, log_end, end, *key)
+                lost = range_end_loss(key, end, log_end)
+                if lost is not None:
+                    if options.fail_on_data_loss:
+                        raise data_loss_error(lost.reason)
+                    skip_lost_ranges(options, [lost])
                 return
             if out_of_range is not None:
                 low = log_bounds(consumer, key, METADATA_TIMEOUT_S, options.bootstrap_servers).start
                 decision = resolve_start(key, position, low, None, fail_on_data_loss=options.fail_on_data_loss)
-                if not decision.lost:
+                if decision.lost_range is None:
                     raise KafkaException(out_of_range)  # out of range inside the log: not ours to explain away
-                log.warning("skipped %s records of %s-%s: %s", decision.skipped, topic, partition, decision.reason)
+                skip_lost_ranges(options, [decision.lost_range])
                 position = decision.offset
                 if position >= end:
                     return
@@ -376,6 +397,15 @@ def read_offset_range(options: KafkaSourceOptions, offset_range: OffsetRange) ->
                 )
     finally:
         consumer.close()
+
+
+def skip_lost_ranges(options: KafkaSourceOptions, lost: Sequence[LostRange]) -> None:
+    """What failOnDataLoss=false does with lost records: a warning per range and, with the
+    lostRanges.* options, a row per range in that table (a failed write raises)."""
+    for lost_range in lost:
+        log.warning("failOnDataLoss=false, skipping: %s", lost_range.reason)
+    if options.lost_ranges is not None:
+        options.lost_ranges.record(lost)
 
 
 class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
@@ -438,12 +468,14 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         """End offsets of the next micro-batch: what the logs hold now, within `limit`.
 
         New partitions (and topics created after the query started) are read from earliest;
-        offsets below the low watermark or beyond the end of the log are data loss.
+        offsets below the low watermark or beyond the end of the log are data loss: they fail the
+        query or, with failOnDataLoss=false, are skipped (and recorded, see `skip_lost_ranges`).
         """
         starts = from_json_offsets(start)
         keys, lows, ends = self._log_state()
         effective: dict[PartitionKey, int] = {}
         upper: dict[PartitionKey, int] = {}
+        lost: list[LostRange] = []
         for key in keys:
             end = ends[key]
             if key not in starts:
@@ -453,9 +485,9 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 decision = resolve_start(
                     key, starts[key], lows[key], end, fail_on_data_loss=self.options.fail_on_data_loss
                 )
-                if decision.lost:
+                if decision.lost_range is not None:
                     self.records_skipped += decision.skipped or 0
-                    log.warning("failOnDataLoss=false, skipping: %s", decision.reason)
+                    lost.append(decision.lost_range)
                 effective[key] = decision.offset
             upper[key] = max(effective[key], end)
             if self._available_now_target is not None:
@@ -469,7 +501,8 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                     f"Kafka data loss: partitions {names} no longer exist (topic deleted?). Set the option "
                     "failOnDataLoss=false to continue without them, or restart the query with a new checkpoint."
                 )
-            log.warning("failOnDataLoss=false: partitions %s no longer exist; dropping them", names)
+            lost.extend(vanished_partition_loss(key, starts[key]) for key in vanished)
+        skip_lost_ranges(self.options, lost)
         if isinstance(limit, ReadAllAvailable):
             ends_out = upper
         elif isinstance(limit, ReadMaxRows):
@@ -509,6 +542,8 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 decision = resolve_start(
                     key, starts[key], self._lows[key], ends[key], fail_on_data_loss=self.options.fail_on_data_loss
                 )
+                if decision.lost_range is not None:
+                    skip_lost_ranges(self.options, [decision.lost_range])
                 planned[key] = decision.offset
             else:
                 planned[key] = starts[key]
@@ -541,7 +576,9 @@ class KafkaDataSource(DataSource):
     `{"topic": {"0": 23, "1": -2}}` (-2 earliest, -1 latest); `maxOffsetsPerTrigger`;
     `failOnDataLoss` (default true); `maxRecordsPerPartition` (default 100000);
     `kafkaConsumer.pollTimeoutMs` (default 120000); any `kafka.<setting>` goes to librdkafka, e.g.
-    `kafka.security.protocol`.
+    `kafka.security.protocol`. With failOnDataLoss=false, `lostRanges.pgUrl`, `lostRanges.table`
+    and `lostRanges.job` (all three) record every skipped offset range in a PostgreSQL table
+    (`spark_jobs/sources/kafka_lost_ranges.py`); without them skipped ranges are only logged.
 
     Example::
 
@@ -582,14 +619,25 @@ class KafkaDataSource(DataSource):
 
 
 def pipeline_source_options(
-    settings: Settings, pipeline: Pipeline, *, starting_offsets: str = "earliest"
+    settings: Settings,
+    pipeline: Pipeline,
+    platform: PlatformNames | None = None,
+    *,
+    starting_offsets: str = "earliest",
+    max_offsets_per_trigger: int | None = None,
+    max_records_per_partition: int | None = None,
 ) -> dict[str, str]:
-    """Source options for a catalog pipeline: its topic and maxOffsetsPerTrigger, the platform's Kafka.
+    """Source options for a catalog pipeline: its topic, limits and data-loss policy, the platform's Kafka.
 
     The librdkafka settings of `kafka_config(settings)` become `kafka.*` options, which both this
-    source and the native one pass to their Kafka clients.
+    source and the native one pass to their Kafka clients. `max_offsets_per_trigger` None means
+    the catalog's; `max_records_per_partition` None leaves the source's default. The catalog's
+    `on_data_loss` decides failOnDataLoss: "fail" stops the query on lost records; "record"
+    skips them and records each lost range in `platform.lost_ranges_table` of `settings.pg_url`
+    as the pipeline's job (`platform` None: the catalog's `PLATFORM`).
     """
-    from tributary.clients import kafka_config  # not at module level: executors import this module
+    from tributary.catalog import PLATFORM  # not at module level: executors import this module
+    from tributary.clients import kafka_config
 
     options = {f"kafka.{name}": str(value) for name, value in kafka_config(settings).items()}
     options.update(
@@ -598,9 +646,22 @@ def pipeline_source_options(
             "kafka.isolation.level": "read_committed",
             "subscribe": pipeline.topic.name,
             "startingOffsets": starting_offsets,
-            "maxOffsetsPerTrigger": str(pipeline.max_offsets_per_trigger),
+            "maxOffsetsPerTrigger": str(
+                pipeline.max_offsets_per_trigger if max_offsets_per_trigger is None else max_offsets_per_trigger
+            ),
+            "failOnDataLoss": "true" if pipeline.on_data_loss == "fail" else "false",
         }
     )
+    if max_records_per_partition is not None:
+        options["maxRecordsPerPartition"] = str(max_records_per_partition)
+    if pipeline.on_data_loss == "record":
+        options.update(
+            {
+                "lostRanges.pgUrl": settings.pg_url,
+                "lostRanges.table": (platform or PLATFORM).lost_ranges_table,
+                "lostRanges.job": pipeline.job_name,
+            }
+        )
     return options
 
 
@@ -608,14 +669,29 @@ def read_kafka_stream(spark: SparkSession, options: Mapping[str, str], use_nativ
     """A streaming DataFrame over Kafka: the native `format("kafka")` or this Python source.
 
     Both give the same columns for the same options. `use_native` needs Spark's Kafka connector
-    jar on the classpath (see `native_kafka_available`).
+    jar on the classpath (see `native_kafka_available`); the `lostRanges.*` options are this
+    source's only, so the native one gets the others and skips lost records with a log line only.
     """
     text_options = {name: str(value) for name, value in options.items()}
     if use_native:
-        return spark.readStream.format("kafka").options(**text_options).load()
+        native = native_source_options(text_options)
+        if len(native) < len(text_options):
+            log.warning(
+                "the native Kafka source cannot record lost ranges (lostRanges.* options dropped): with "
+                "failOnDataLoss=%s it skips lost records with only a warning in the driver's log; the %s source "
+                "records them",
+                native.get("failOnDataLoss", "true"),
+                FORMAT_NAME,
+            )
+        return spark.readStream.format("kafka").options(**native).load()
     KafkaSourceOptions.from_options(text_options)  # fail here, with the reason, not in a worker
     spark.dataSource.register(KafkaDataSource)
     return spark.readStream.format(FORMAT_NAME).options(**text_options).load()
+
+
+def native_source_options(options: Mapping[str, str]) -> dict[str, str]:
+    """`options` for Spark's native `format("kafka")`: without the `lostRanges.*` options only this source has."""
+    return {name: value for name, value in options.items() if not is_lost_range_option(name)}
 
 
 def native_kafka_available(spark: SparkSession) -> bool:

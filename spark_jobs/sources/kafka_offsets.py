@@ -135,6 +135,26 @@ def resolve_starting_offsets(
 
 
 @dataclass(frozen=True)
+class LostRange:
+    """Records `[start, end)` of one partition that the query should have read and never will.
+
+    `end` is None when it is unknown: the log was replaced (topic recreated, log truncated,
+    partition gone) and whatever the old log held from `start` on is gone. `reason` says why,
+    naming the partition and the range.
+    """
+
+    topic: str
+    partition: int
+    start: int
+    end: int | None
+    reason: str
+
+    @property
+    def size(self) -> int | None:
+        return None if self.end is None else self.end - self.start
+
+
+@dataclass(frozen=True)
 class StartDecision:
     """Where reading a partition really starts, and what was lost getting there."""
 
@@ -142,6 +162,7 @@ class StartDecision:
     lost: bool = False
     skipped: int | None = 0  # records skipped; None when unknown (the log was replaced)
     reason: str = ""
+    lost_range: LostRange | None = None
 
 
 def resolve_start(
@@ -157,25 +178,29 @@ def resolve_start(
     """
     topic, partition = key
     if start < low:
+        reason = (
+            f"{topic}-{partition}: records [{start}, {low}) were deleted (retention) before they were read "
+            f"({low - start} records)"
+        )
         decision = StartDecision(
             offset=low,
             lost=True,
             skipped=low - start,
-            reason=(
-                f"{topic}-{partition}: records [{start}, {low}) were deleted (retention) before they were read "
-                f"({low - start} records)"
-            ),
+            reason=reason,
+            lost_range=LostRange(topic, partition, start, low, reason),
         )
     elif end is not None and start > end:
+        reason = (
+            f"{topic}-{partition}: offset {start} is beyond the end of the log ({end}): the topic was recreated "
+            f"or the log truncated; records the old log held from {start} on are gone, the new log is read "
+            f"from {low}"
+        )
         decision = StartDecision(
             offset=low,
             lost=True,
             skipped=None,
-            reason=(
-                f"{topic}-{partition}: offset {start} is beyond the end of the log ({end}): the topic was recreated "
-                f"or the log truncated; records the old log held from {start} on are gone, the new log is read "
-                f"from {low}"
-            ),
+            reason=reason,
+            lost_range=LostRange(topic, partition, start, None, reason),
         )
     else:
         return StartDecision(offset=start)
@@ -192,21 +217,47 @@ def data_loss_error(reason: str) -> DataLossError:
     )
 
 
+def range_end_loss(key: PartitionKey, range_end: int, log_end: int) -> LostRange | None:
+    """Records of a planned range `[..., range_end)` lost because the log now ends at `log_end`, if any.
+
+    Offsets `[log_end, range_end)` are gone for good: new records written at them after a
+    truncation are behind the checkpoint, which moves on to `range_end`.
+    """
+    if log_end >= range_end:
+        return None
+    topic, partition = key
+    reason = (
+        f"{topic}-{partition}: the log ends at {log_end} but the batch planned records up to {range_end}: "
+        f"records [{log_end}, {range_end}) are gone (topic recreated or log truncated while the batch ran; "
+        f"{range_end - log_end} records)"
+    )
+    return LostRange(topic, partition, log_end, range_end, reason)
+
+
 def check_range_end(key: PartitionKey, range_end: int, log_end: int, *, fail_on_data_loss: bool) -> int:
     """Records of a planned range `[..., range_end)` lost because the log now ends at `log_end`.
 
     Raises `DataLossError` when any are lost and `fail_on_data_loss`; returns the count otherwise.
     """
-    if log_end >= range_end:
+    lost = range_end_loss(key, range_end, log_end)
+    if lost is None:
         return 0
-    topic, partition = key
-    reason = (
-        f"{topic}-{partition}: the log ends at {log_end} but the batch planned records up to {range_end} "
-        f"(topic recreated or log truncated while the batch ran; {range_end - log_end} records)"
-    )
     if fail_on_data_loss:
-        raise data_loss_error(reason)
+        raise data_loss_error(lost.reason)
     return range_end - log_end
+
+
+def vanished_partition_loss(key: PartitionKey, start: int) -> LostRange:
+    """A partition the query was reading that no longer exists: everything from `start` on is gone."""
+    topic, partition = key
+    return LostRange(
+        topic,
+        partition,
+        start,
+        None,
+        f"{topic}-{partition}: the partition no longer exists (topic deleted?); records from offset {start} on "
+        "are gone",
+    )
 
 
 def distribute_budget(available: Mapping[PartitionKey, int], budget: int) -> dict[PartitionKey, int]:

@@ -310,8 +310,9 @@ def test_a_compacted_topic_with_offset_gaps_is_read_completely(
         },
     )
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 0})
-    for n in range(600):  # 20 keys, each overwritten 30 times
-        producer.produce(topic, key=f"k{n % 20}".encode(), value=json.dumps({"i": n}).encode(), partition=0)
+    for n in range(600):  # 20 keys overwritten again and again, and every tenth record a key of its own
+        key = f"once{n}" if n % 10 == 0 else f"k{n % 20}"
+        producer.produce(topic, key=key.encode(), value=json.dumps({"i": n}).encode(), partition=0)
         if n % 50 == 49:
             producer.flush(30)
             time.sleep(0.15)  # past segment.ms: the next record starts a new segment

@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 
 from spark_jobs.batch.reconcile import Reconciler, exit_status
 from tests.integration.test_user_events_job import isolated, prepare, run_job
-from tributary.catalog import USER_EVENTS, Pipeline
+from tributary.catalog import PLATFORM, USER_EVENTS, Pipeline
 from tributary.clients import es_client, kafka_config, pg_connect
 from tributary.migrations import apply_migrations
 from tributary.producers.user_events import EventMix, GeneratedEvent, generate_events
@@ -230,3 +230,55 @@ def test_the_kafka_check_finds_gaps_and_surplus_as_offset_ranges_in_sql(pg_url: 
     assert "9 offsets consumed but not stored, offsets 2-3, 6-7, 15, 21-24" in result.message
     # The previous hour's positions 0-1 are complete; the gap after them is charged to the next hour.
     assert previous.outcome == "ok" and (previous.expected, previous.actual) == (2, 2)
+
+
+def test_the_kafka_check_reports_recorded_lost_ranges_instead_of_gaps(pg_url: str) -> None:
+    """Offsets the job recorded as lost (retention deleted them unread) are no gap: the hour
+    reports them as lost ranges; an unrecorded rest of a gap stays a gap."""
+    apply_migrations(pg_url)
+    hour = datetime(2026, 11, 23, 10, tzinfo=UTC)
+    topic, partition = USER_EVENTS.topic.name, 0
+    # Stored: 0-4, 10-14, 20-24 (committed up to 25). Recorded lost: [5, 10) twice over (two
+    # overlapping rows), [15, 18) of the gap 15-19; a range of unknown end (a replaced log) and
+    # another topic's range, neither of which is this hour's.
+    stored = [*range(5), *range(10, 15), *range(20, 25)]
+    lost = [
+        (topic, partition, 5, 10),
+        (topic, partition, 6, 8),
+        (topic, partition, 15, 18),
+        (topic, partition, 100, None),
+        ("other_topic", partition, 0, 30),
+    ]
+    with pg_connect(pg_url, autocommit=True) as conn:
+        conn.execute("SELECT ensure_day_partition('user_events', %s)", (hour.date(),))
+        for offset in stored:
+            at = hour + timedelta(minutes=offset)
+            conn.execute(
+                "INSERT INTO user_events (topic, kafka_partition, kafka_offset, kafka_timestamp, event_ts, user_id, "
+                "product_id, action) VALUES (%s, %s, %s, %s, %s, 1, 1, 'view')",
+                (topic, partition, offset, at, at),
+            )
+        for lost_topic, lost_partition, first, end in lost:
+            conn.execute(
+                f"INSERT INTO {PLATFORM.lost_ranges_table} (job_name, topic, kafka_partition, from_offset, to_offset, "
+                "reason) VALUES ('user_events', %s, %s, %s, %s, 'deleted (retention) before they were read')",
+                (lost_topic, lost_partition, first, end),
+            )
+        (result,) = check_kafka_raw(
+            conn,
+            USER_EVENTS,
+            hour,
+            hour + timedelta(hours=1),
+            log_starts={partition: 0},
+            committed_ends={partition: 25},
+        )
+    assert result.mismatch
+    assert result.detail["gaps"] == [[18, 19]] and result.detail["missing"] == 2
+    assert result.detail["lost"] == 8
+    assert result.detail["lost_ranges"] == [{"from_offset": 5, "to_offset": 10}, {"from_offset": 15, "to_offset": 18}]
+    assert (result.expected, result.actual) == (17, 15)
+    assert result.message.startswith(
+        "2 offsets consumed but not stored, offsets 18-19; 8 offsets deleted by Kafka retention before the job "
+        "read them, recorded lost ranges [5, 10), [15, 18); 15 of 17 positions stored"
+    )
+    assert result.fix is not None and PLATFORM.lost_ranges_table in result.fix

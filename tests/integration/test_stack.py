@@ -1,4 +1,4 @@
-"""`tributary up|status|down` for real: Tansu, osmem and Airflow on free ports, a throwaway state dir,
+"""`tributary up|status|down` for real: Apache Kafka, osmem and Airflow on free ports, a throwaway state dir,
 Airflow's metadata in a fresh database on the real PostgreSQL server. Plus the session fixtures."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ import pytest
 from tributary.airflow_api import AirflowApi, AirflowApiError
 from tributary.catalog import APP_LOGS, PIPELINES
 from tributary.clients import es_client, kafka_admin, pg_connect
+from tributary.kafka_log import KafkaLog
 from tributary.settings import REPO_ROOT, Settings, load_settings
 from tributary.stack import StackError, State
 from tributary.stack.ports import free_port
@@ -193,7 +195,8 @@ def test_up_is_healthy_idempotent_and_down_stops_everything(stack_env: dict[str,
     for line in listeners.splitlines():
         pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
         if pids & our_pids:
-            assert line.split()[3].startswith("127.0.0.1:"), line
+            # A JVM's IPv4 listener on a dual-stack socket shows as [::ffff:127.0.0.1].
+            assert line.split()[3].startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:")), line
 
     # The control DAG: typed params refuse what the catalog does not know; `stop` stops cleanly.
     with AirflowApi(airflow_url, "admin", login.group(1)) as api:
@@ -233,6 +236,47 @@ def test_up_is_healthy_idempotent_and_down_stops_everything(stack_env: dict[str,
     assert pid_records(state_dir) == {}
     assert tributary(stack_env, "status", timeout=60).returncode == 1
 
+    # `down`, then `up`: nothing is truncated, the broker kept its logs and every job resumes
+    # from its checkpoint (Spark's batch ids go on from where they were, not from 0).
+    kafka = KafkaLog({"bootstrap.servers": stack_env["TRIBUTARY_KAFKA_BOOTSTRAP"]}, client_id="test-stack")
+    with pg_connect(data_url) as conn:
+        kept = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in sinks}  # type: ignore[index]
+        last_batch = {
+            (job, query): batch
+            for job, query, batch in conn.execute(
+                "SELECT job_name, query_name, max(batch_id) FROM job_heartbeats GROUP BY 1, 2"
+            ).fetchall()
+        }
+    assert {job for job, _ in last_batch} == set(PIPELINES), last_batch
+    restarted_at = datetime.now(UTC)
+    restarted = tributary(stack_env, "up", timeout=480)
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert "clearing stream state" not in restarted.stdout
+    try:
+        log_ends = {p.topic.name: kafka.topic_bounds(p.topic.name) for p in PIPELINES.values()}
+    finally:
+        kafka.close()
+    assert all(sum(b.end for b in ends.values()) > 0 for ends in log_ends.values()), log_ends
+    deadline = time.monotonic() + 180
+    while True:
+        with pg_connect(data_url) as conn:
+            now = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in sinks}  # type: ignore[index]
+            resumed = {
+                (job, query): batch
+                for job, query, batch in conn.execute(
+                    "SELECT job_name, query_name, min(batch_id) FROM job_heartbeats "
+                    "WHERE recorded_at > %s AND input_rows > 0 GROUP BY 1, 2",
+                    (restarted_at,),
+                ).fetchall()
+            }
+        assert all(now[t] >= kept[t] for t in sinks), f"rows went missing across down/up: {kept} -> {now}"
+        if {job for job, _ in resumed} == set(PIPELINES):
+            break
+        assert time.monotonic() < deadline, f"not every job processed new records after the restart: {resumed}"
+        time.sleep(3)
+    assert all(batch > last_batch.get(key, -1) for key, batch in resumed.items()), (last_batch, resumed)
+    assert any(key in last_batch for key in resumed), "no query went on from its checkpoint"
+
 
 def test_up_fails_fast_when_the_kafka_port_is_taken(stack_env: dict[str, str]) -> None:
     with socket.socket() as squatter:
@@ -252,7 +296,7 @@ def test_up_fails_fast_when_the_kafka_port_is_taken(stack_env: dict[str, str]) -
 
 
 def test_session_services_answer(settings: Settings, settings_env: dict[str, str]) -> None:
-    """The fixtures other tests build on: Tansu, osmem and a fresh database, seen through settings."""
+    """The fixtures other tests build on: Kafka, osmem and a fresh database, seen through settings."""
     assert settings.kafka_bootstrap == settings_env["TRIBUTARY_KAFKA_BOOTSTRAP"]
     assert not settings.embedded_kafka and not settings.embedded_es and settings.es_plain_json
     assert kafka_admin(settings).list_topics(timeout=5).brokers

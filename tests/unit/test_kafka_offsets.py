@@ -23,7 +23,6 @@ from spark_jobs.sources.kafka import (
     KafkaInputPartition,
     KafkaSourceOptions,
     KafkaStreamReader,
-    LogEnd,
     _record_batch,
     pipeline_source_options,
 )
@@ -42,6 +41,7 @@ from spark_jobs.sources.kafka_offsets import (
     to_json_offsets,
 )
 from tributary.catalog import USER_EVENTS
+from tributary.kafka_log import LogBounds
 from tributary.settings import load_settings
 
 A0, A1, B0 = ("a", 0), ("a", 1), ("b", 0)
@@ -298,20 +298,16 @@ def test_data_source_name_and_schema() -> None:
 
 
 class FakeLogView:
-    """Partitions with [low, end) logs; `ends` are exact unless listed in `inexact`."""
+    """Partitions with [low, end) logs."""
 
-    def __init__(self, logs: Mapping[PartitionKey, tuple[int, int]], inexact: Sequence[PartitionKey] = ()) -> None:
+    def __init__(self, logs: Mapping[PartitionKey, tuple[int, int]]) -> None:
         self.logs = dict(logs)
-        self.inexact = set(inexact)
 
     def partitions(self) -> list[PartitionKey]:
         return sorted(self.logs)
 
-    def watermarks(self, keys: Sequence[PartitionKey]) -> dict[PartitionKey, tuple[int, int]]:
-        return {key: self.logs[key] for key in keys}
-
-    def ends(self, watermarks: Mapping[PartitionKey, tuple[int, int]]) -> dict[PartitionKey, LogEnd]:
-        return {key: LogEnd(end, key not in self.inexact) for key, (_, end) in watermarks.items()}
+    def bounds(self, keys: Sequence[PartitionKey]) -> dict[PartitionKey, LogBounds]:
+        return {key: LogBounds(*self.logs[key]) for key in keys}
 
     def close(self) -> None:
         pass
@@ -395,12 +391,6 @@ def test_latest_offset_recreated_topic() -> None:
     assert [p.range for p in reader.partitions(start, end)] == [OffsetRange("a", 0, 0, 5)]
 
 
-def test_inexact_end_below_start_is_not_data_loss() -> None:
-    reader = make_reader(FakeLogView({A0: (0, 5)}, inexact=[A0]))
-    start = {"a": {"0": 30}}
-    assert reader.latestOffset(start, ReadAllAvailable()) == start
-
-
 def test_vanished_partition_is_data_loss() -> None:
     view = FakeLogView({A0: (0, 5)})
     start = {"a": {"0": 5}, "b": {"0": 3}}
@@ -436,9 +426,11 @@ def test_pipeline_source_options_come_from_catalog_and_settings(monkeypatch: pyt
     options = pipeline_source_options(load_settings(), USER_EVENTS)
     assert options == {
         "kafka.bootstrap.servers": "kafka-1:9093,kafka-2:9093",
+        "kafka.isolation.level": "read_committed",
         "subscribe": USER_EVENTS.topic.name,
         "startingOffsets": "earliest",
         "maxOffsetsPerTrigger": str(USER_EVENTS.max_offsets_per_trigger),
+        "failOnDataLoss": "true",  # the catalog's on_data_loss="fail"
     }
     parsed = KafkaSourceOptions.from_options(options)
     assert parsed.max_offsets_per_trigger == USER_EVENTS.max_offsets_per_trigger

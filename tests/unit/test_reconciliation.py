@@ -22,13 +22,16 @@ from tributary.reconciliation import (
     closed_until,
     compare_ids,
     differing_minutes,
+    format_half_open,
     format_ranges,
     hours_between,
+    merge_ranges,
     offset_ranges,
     partition_coverage,
     plan_hours,
     requested_by_airflow,
     retention_skip,
+    subtract_ranges,
 )
 
 H = datetime(2026, 11, 23, 10, tzinfo=UTC)
@@ -122,6 +125,61 @@ def test_without_committed_offsets_the_tail_is_not_checked_and_the_message_says_
     result = coverage(CLEAN, committed_end=None, last_stored=None)
     assert result.outcome == "ok"
     assert "no committed end offset recorded" in result.message
+
+
+# ----------------------------------------------------------------- recorded lost ranges
+
+
+def test_ranges_merge_and_subtract() -> None:
+    assert merge_ranges([(8, 9), (0, 3), (4, 5), (2, 2), (11, 12)]) == [(0, 5), (8, 9), (11, 12)]
+    assert subtract_ranges([(0, 9), (20, 29)], [(3, 4), (8, 22), (25, 25)]) == [(0, 2), (5, 7), (23, 24), (26, 29)]
+    assert subtract_ranges([(0, 9)], []) == [(0, 9)]
+    assert subtract_ranges([(3, 4)], [(0, 9)]) == []
+    assert format_half_open([(10, 19), (40, 40)]) == "[10, 20), [40, 41)"
+
+
+def test_a_lost_range_before_the_hours_first_offset_is_reported_as_lost_not_as_a_gap() -> None:
+    # 6-7 were deleted by retention before the job read them; the job recorded [6, 8).
+    hour = replace(CLEAN, first=8, last=12, distinct=5, raw_rows=5, dead_rows=0)
+    result = coverage(hour, predecessor=5, committed_end=13, last_stored=LastStored(12, IN_HOUR), lost=[(6, 7)])
+    assert result.mismatch  # the hour's data is incomplete, and nothing can refill it
+    assert result.detail["gaps"] == [] and result.detail["missing"] == 0
+    assert result.detail["lost"] == 2 and result.detail["lost_ranges"] == [{"from_offset": 6, "to_offset": 8}]
+    assert (result.expected, result.actual) == (5, 5)
+    assert result.message.startswith(
+        "2 offsets deleted by Kafka retention before the job read them, recorded lost range [6, 8); 5 of 5 positions"
+    )
+    assert "consumed but not stored" not in result.message
+    assert result.backfill is None and result.fix is not None and "kafka_lost_ranges" in result.fix
+
+
+def test_only_the_recorded_part_of_a_gap_is_excused() -> None:
+    # Inner gap 3-7, of which the job recorded 3-5 as lost (counted in SQL over every gap).
+    hour = replace(CLEAN, distinct=5, raw_rows=5, dead_rows=0, gaps=((3, 7),), lost_in_gaps=(((3, 5), 3),))
+    result = coverage(hour, lost=[(3, 5)])
+    assert result.detail["gaps"] == [[6, 7]] and (result.detail["missing"], result.detail["lost"]) == (2, 3)
+    assert result.expected == 7
+    assert result.message.startswith(
+        "2 offsets consumed but not stored, offsets 6-7; "
+        "3 offsets deleted by Kafka retention before the job read them, recorded lost range [3, 6)"
+    )
+
+
+def test_a_lost_range_in_the_trailing_gap_is_reported_until_something_is_stored_after_it() -> None:
+    result = coverage(CLEAN, committed_end=30, lost=[(10, 29)])
+    assert (result.detail["gaps"], result.detail["lost"]) == ([], 20) and result.mismatch
+    # A lost range no gap of the hour meets is another hour's: not reported here.
+    assert coverage(CLEAN, lost=[(40, 49)]).outcome == "ok"
+
+
+def test_a_summary_of_lost_ranges_says_what_to_do_instead_of_re_consuming() -> None:
+    hour = replace(CLEAN, first=8, last=12, distinct=5, raw_rows=5, dead_rows=0)
+    lost = coverage(hour, predecessor=5, committed_end=13, last_stored=LastStored(12, IN_HOUR), lost=[(6, 7)])
+    lines = HourReport("user_events", H, H_END, (lost,)).summary().splitlines()
+    assert lines[0] == "user_events 2026-11-23 10:00-11:00 UTC: FAILED, 1 mismatch"
+    assert "recorded lost range [6, 8)" in lines[1]
+    assert lines[2].startswith("  to fix by hand: records Kafka retention deleted before the job read them")
+    assert len(lines) == 3  # no "re-consume them from the topic": Kafka no longer has them
 
 
 # ------------------------------------------------------------------------------- hours

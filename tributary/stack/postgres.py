@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -262,3 +267,42 @@ class PostgresServer(Component):
                 f"postgres: `{' '.join(argv)}` failed (exit {result.returncode}):\n"
                 f"{(result.stdout + result.stderr).strip()}\nsee also {self.log_path}"
             )
+
+
+@contextmanager
+def scratch_server(configured: str | None, default: str, *, setting: str) -> Iterator[str]:
+    """The maintenance-database URL of a PostgreSQL server to make throwaway databases on.
+
+    The server of `configured` (the value of `setting`, or `default` when unset) when it answers;
+    otherwise a private cluster on a free loopback port in a temporary directory, stopped and
+    removed on the way out. Tests and benchmarks use it, so neither needs a server running first.
+    """
+    from tributary.settings import load_settings
+    from tributary.stack.ports import free_port
+
+    url = database_url(configured or default, MAINTENANCE_DB)
+    reason = server_answers(url, timeout=3)
+    if reason is None:
+        yield url
+        return
+    host = urlsplit(url).hostname or ""
+    if configured and host not in {"127.0.0.1", "localhost", "::1"}:
+        raise UnreachableError(
+            f"PostgreSQL at {redact_url(url)} ({setting}) does not answer ({reason}); start it, or unset "
+            f"{setting} to have a private cluster started"
+        )
+    # The `postgres` user runs the cluster: its directory must be reachable for that user.
+    root = Path(tempfile.mkdtemp(prefix="tributary-scratch-pg-"))
+    root.chmod(0o755)
+    private = f"postgresql://{PG_SERVICE_USER}@127.0.0.1:{free_port()}/{MAINTENANCE_DB}"
+    server = PostgresServer(
+        replace(load_settings(), state_dir=root, pg_url=private, airflow_db_url=private), progress=None
+    )
+    try:
+        server.up()
+        yield private
+    finally:
+        try:
+            server.down()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
