@@ -43,6 +43,10 @@ _TRANSIENT_CODES = frozenset(
         KafkaError._TIMED_OUT,
         KafkaError._ALL_BROKERS_DOWN,
         KafkaError._WAIT_COORD,
+        # Right after a broker restart, before the client's metadata has the partition again. A
+        # partition that is really gone is found by `partitions()` (metadata), not here.
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
     }
 )
 
@@ -117,8 +121,10 @@ class KafkaLog:
 
         def read() -> Any:
             found = self.consumer.list_topics(topic, timeout=self.timeout_s).topics.get(topic)
-            if found is not None and found.error is not None and is_transient(found.error):
-                raise KafkaException(found.error)
+            error = None if found is None else found.error
+            # A topic the metadata does not know is missing, not transient (see below).
+            if error is not None and error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART and is_transient(error):
+                raise KafkaException(error)
             return found
 
         try:

@@ -274,7 +274,9 @@ def test_up_is_healthy_idempotent_and_down_stops_everything(stack_env: dict[str,
             break
         assert time.monotonic() < deadline, f"not every job processed new records after the restart: {resumed}"
         time.sleep(3)
-    assert all(batch > last_batch.get(key, -1) for key, batch in resumed.items()), (last_batch, resumed)
+    # The first batch after the restart is the last one again (replayed: the stop came before its
+    # commit) or the next one; a lost checkpoint would start again at 0.
+    assert all(batch >= last_batch.get(key, -1) for key, batch in resumed.items()), (last_batch, resumed)
     assert any(key in last_batch for key in resumed), "no query went on from its checkpoint"
 
 

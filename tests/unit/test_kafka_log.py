@@ -48,7 +48,7 @@ def test_the_timeout_bounds_the_retries() -> None:
 def test_which_errors_are_transient() -> None:
     assert is_transient(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))
     assert is_transient(KafkaError(KafkaError._ALL_BROKERS_DOWN))
-    assert not is_transient(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
+    assert is_transient(KafkaError(KafkaError._UNKNOWN_PARTITION))  # metadata not reloaded yet
     assert not is_transient(KafkaError(KafkaError.SASL_AUTHENTICATION_FAILED))
 
 
