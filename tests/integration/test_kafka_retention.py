@@ -18,7 +18,6 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,12 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, ResourceType
 from pyspark.sql import SparkSession
-from pyspark.sql.streaming import StreamingQuery, StreamingQueryException
+from pyspark.sql.streaming import StreamingQueryException
 
-from spark_jobs.sources.kafka import KafkaSourceOptions, read_kafka_stream, read_offset_range
+from spark_jobs.sources.kafka import KafkaSourceOptions, read_offset_range
 from spark_jobs.sources.kafka_lost_ranges import LostRangeRecordError
 from spark_jobs.sources.kafka_offsets import DataLossError, OffsetRange
+from tests.integration.kafka_queries import run_available_now
 from tributary.catalog import PLATFORM
 from tributary.clients import pg_connect
 from tributary.kafka_log import KafkaLog, LogBounds
@@ -44,7 +44,6 @@ SECOND_BATCH = 20  # offsets 10-19 of each: deleted before they are read
 LAST_BATCH = 10  # what is left to read after the loss
 READ_UNTIL = FIRST_BATCH // PARTITIONS  # the checkpoint's next offset in every partition
 LONG_RETENTION_MS = str(3600 * 1000)
-QUERY_TIMEOUT_S = 120
 RETENTION_TIMEOUT_S = 60
 JOB = "retention_test"
 
@@ -117,22 +116,6 @@ def source_options(bootstrap: str, topic: str, **extra: str) -> dict[str, str]:
 def recording_options(pg_url: str, table: str = PLATFORM.lost_ranges_table) -> dict[str, str]:
     """failOnDataLoss=false with the lost ranges recorded, as the jobs of on_data_loss="record" run."""
     return {"failOnDataLoss": "false", "lostRanges.pgUrl": pg_url, "lostRanges.table": table, "lostRanges.job": JOB}
-
-
-def run_available_now(
-    spark: SparkSession, options: Mapping[str, str], checkpoint: Path, sink: Path | None = None
-) -> StreamingQuery:
-    """Run one availableNow query to its end; into Parquet at `sink`, or `noop` without one."""
-    writer = read_kafka_stream(spark, options, use_native=False).writeStream.trigger(availableNow=True)
-    writer = writer.option("checkpointLocation", str(checkpoint))
-    query = writer.format("parquet").option("path", str(sink)).start() if sink else writer.format("noop").start()
-    try:
-        finished = query.awaitTermination(QUERY_TIMEOUT_S)
-    finally:
-        if query.isActive:
-            query.stop()
-    assert finished, f"availableNow query did not finish within {QUERY_TIMEOUT_S} s"
-    return query
 
 
 def landed_offsets(spark: SparkSession, sink: Path) -> dict[int, list[int]]:

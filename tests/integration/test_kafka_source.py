@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 from pyspark.errors import AnalysisException
 from pyspark.sql import SparkSession
-from pyspark.sql.streaming import StreamingQuery, StreamingQueryException
+from pyspark.sql.streaming import StreamingQueryException
 
 from spark_jobs.sources.kafka import (
     KAFKA_SCHEMA,
@@ -30,11 +30,11 @@ from spark_jobs.sources.kafka import (
     read_offset_range,
 )
 from spark_jobs.sources.kafka_offsets import DataLossError, OffsetRange
+from tests.integration.kafka_queries import QUERY_TIMEOUT_S, run_available_now
 
 pytestmark = pytest.mark.integration
 # The session-wide `spark` fixture (a no-op once tests/conftest.py registers this plugin too).
 
-QUERY_TIMEOUT_S = 120
 TOPIC_CONFIGS = {"retention.ms": str(7 * 24 * 3600 * 1000), "cleanup.policy": "delete"}
 
 
@@ -82,22 +82,6 @@ def produce(bootstrap: str, topic: str, count: int, *, partitions: int = 3, firs
 
 def source_options(bootstrap: str, topics: str, **extra: Any) -> dict[str, str]:
     return {"kafka.bootstrap.servers": bootstrap, "subscribe": topics, **{k: str(v) for k, v in extra.items()}}
-
-
-def run_available_now(
-    spark: SparkSession, options: Mapping[str, str], checkpoint: Path, sink: Path | None = None
-) -> StreamingQuery:
-    """Run one availableNow query to its end; into Parquet at `sink`, or `noop` without one."""
-    writer = read_kafka_stream(spark, options, use_native=False).writeStream.trigger(availableNow=True)
-    writer = writer.option("checkpointLocation", str(checkpoint))
-    query = writer.format("parquet").option("path", str(sink)).start() if sink else writer.format("noop").start()
-    try:
-        finished = query.awaitTermination(QUERY_TIMEOUT_S)
-    finally:
-        if query.isActive:
-            query.stop()
-    assert finished, f"availableNow query did not finish within {QUERY_TIMEOUT_S} s"
-    return query
 
 
 def landed(spark: SparkSession, sink: Path) -> dict[str, Any]:

@@ -5,7 +5,7 @@ planning against a fake log view, and the catalog's `on_data_loss` in every job'
 from __future__ import annotations
 
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,15 +24,14 @@ from spark_jobs.sources.kafka_offsets import (
     DataLossError,
     LostRange,
     OffsetRange,
-    PartitionKey,
     check_range_end,
     range_end_loss,
     resolve_start,
     vanished_partition_loss,
 )
 from spark_jobs.streaming_job import JobOptions, StreamingJob
+from tests.unit.fake_kafka import FakeLogView
 from tributary.catalog import PIPELINES, PLATFORM, Pipeline
-from tributary.kafka_log import LogBounds
 from tributary.settings import Settings, load_settings
 
 A0 = ("a", 0)
@@ -131,22 +130,6 @@ def test_a_failed_write_raises_naming_the_range_and_the_fix_without_the_password
 
 
 # --- the reader records what it skips while planning ------------------------------------------
-
-
-class FakeLogView:
-    """Partitions with `[low, end)` logs, as `KafkaLogView` reports them."""
-
-    def __init__(self, logs: Mapping[PartitionKey, tuple[int, int]]) -> None:
-        self.logs = dict(logs)
-
-    def partitions(self) -> list[PartitionKey]:
-        return sorted(self.logs)
-
-    def bounds(self, keys: Sequence[PartitionKey]) -> dict[PartitionKey, LogBounds]:
-        return {key: LogBounds(*self.logs[key]) for key in keys}
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import pickle
-from collections.abc import Mapping, Sequence
 
 import pytest
 from confluent_kafka import Message
@@ -29,7 +28,6 @@ from spark_jobs.sources.kafka import (
 from spark_jobs.sources.kafka_offsets import (
     DataLossError,
     OffsetRange,
-    PartitionKey,
     check_range_end,
     distribute_budget,
     from_json_offsets,
@@ -40,8 +38,8 @@ from spark_jobs.sources.kafka_offsets import (
     split_range,
     to_json_offsets,
 )
+from tests.unit.fake_kafka import FakeLogView
 from tributary.catalog import USER_EVENTS
-from tributary.kafka_log import LogBounds
 from tributary.settings import load_settings
 
 A0, A1, B0 = ("a", 0), ("a", 1), ("b", 0)
@@ -295,22 +293,6 @@ def test_data_source_name_and_schema() -> None:
 
 
 # --- stream reader planning against a fake broker view ----------------------------------------
-
-
-class FakeLogView:
-    """Partitions with [low, end) logs."""
-
-    def __init__(self, logs: Mapping[PartitionKey, tuple[int, int]]) -> None:
-        self.logs = dict(logs)
-
-    def partitions(self) -> list[PartitionKey]:
-        return sorted(self.logs)
-
-    def bounds(self, keys: Sequence[PartitionKey]) -> dict[PartitionKey, LogBounds]:
-        return {key: LogBounds(*self.logs[key]) for key in keys}
-
-    def close(self) -> None:
-        pass
 
 
 def make_reader(view: FakeLogView, **options: str) -> KafkaStreamReader:
