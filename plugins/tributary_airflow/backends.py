@@ -290,7 +290,8 @@ class DetachedDriverBackend(JobBackend):
         argv = self.submit_argv(pipeline, job_args)
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_path(pipeline, log_dir, self.clock())
-        pid = start_detached(argv, spark_submit.job_environment({**os.environ, **env}), log_path, cwd=log_dir)
+        environment = spark_submit.job_environment({**os.environ, **self.driver_environment(), **env})
+        pid = start_detached(argv, environment, log_path, cwd=log_dir)
         log.info("%s: %s driver started, pid %d, log %s", pipeline.job_name, self.name, pid, log_path)
         return Submission(
             job_name=pipeline.job_name,
@@ -300,6 +301,10 @@ class DetachedDriverBackend(JobBackend):
             pid=pid,
             log_path=str(log_path),
         )
+
+    def driver_environment(self) -> dict[str, str]:
+        """Variables the backend adds to the driver's environment (the caller's `env` wins)."""
+        return {}
 
     def status(self, submission: Submission) -> str:
         if submission.pid is None:
@@ -332,6 +337,11 @@ class LocalBackend(DetachedDriverBackend):
         return spark_submit.submit_argv(
             pipeline, master=self.target.master, job_args=job_args, conf=self.target.conf, deploy_mode="client"
         )
+
+    def driver_environment(self) -> dict[str, str]:
+        # The whole job runs on this machine: its driver, block manager and UI bind to loopback
+        # (Spark binds its UI to SPARK_LOCAL_IP, else to every interface).
+        return {"SPARK_LOCAL_IP": "127.0.0.1"}
 
 
 class StandaloneBackend(DetachedDriverBackend):

@@ -19,6 +19,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tributary.airflow_api import AirflowApi, AirflowApiError
@@ -189,8 +190,12 @@ def test_up_is_healthy_idempotent_and_down_stops_everything(stack_env: dict[str,
 
     records = pid_records(state_dir)
     assert set(records) == set(COMPONENTS[1:])
-    # Nothing of ours listens beyond loopback (Airflow's log servers would be on 0.0.0.0).
+    # Nothing of ours listens beyond loopback (Airflow's log servers would be on 0.0.0.0), the
+    # streaming drivers (Spark UI, block manager) included.
     our_pids = {pid for record in records.values() for pid in record.group_members()}
+    for _, pid in jobs.values():
+        driver = psutil.Process(pid)
+        our_pids |= {driver.pid, *(child.pid for child in driver.children(recursive=True))}
     listeners = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
     for line in listeners.splitlines():
         pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
