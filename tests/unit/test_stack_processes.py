@@ -90,3 +90,15 @@ def test_tail_returns_the_last_lines(tmp_path: Path) -> None:
     assert tail(log) == ""
     log.write_text("".join(f"line {i}\n" for i in range(100)))
     assert tail(log, 3) == "line 97\nline 98\nline 99"
+
+
+def test_a_group_id_reused_by_a_new_session_leader_is_not_ours(tmp_path: Path) -> None:
+    """A dead leader's PID handed to a new session leader: its group is somebody else's."""
+    newcomer = spawn(["sleep", "30"], log_path=tmp_path / "new.log", pid_file=PidFile(tmp_path / "new.pid"))
+    try:
+        # The same PID (and so the same group id), recorded with an earlier start: an old PID file.
+        stale = PidRecord(newcomer.pid, newcomer.start_ticks - 1, ("old",))
+        assert newcomer.group_members() == [newcomer.pid]
+        assert stale.group_members() == []
+    finally:
+        stop(newcomer)

@@ -83,6 +83,12 @@ class PidRecord:
         while a group with that id exists, so together this identifies our group even after
         the leader itself has exited.
         """
+        leader = read_proc_stat(self.pid)
+        if leader is not None and leader.start_ticks != self.start_ticks:
+            # The PID belongs to another process now, so our group is gone: the kernel hands out a
+            # PID only when no group carries it. (PIDs wrap at 32768 on these machines; without
+            # this, a new session leader with a reused PID would look like ours.)
+            return []
         members = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
