@@ -41,7 +41,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             from tributary.stack.producer import demo_producers
 
             try:
-                platform.start(settings, statuses, print)
+                platform.start(settings, print)
             except AirflowApiError as exc:
                 raise stack.StackError(f"platform start: {exc}") from exc
             statuses = [*statuses, *(producer.up() for producer in demo_producers(settings))]

@@ -18,7 +18,6 @@ from tributary.clients import pg_connect
 from tributary.drivers import stop_driver
 from tributary.registry import JobRegistry
 from tributary.settings import REPO_ROOT, Settings
-from tributary.stack.component import ComponentStatus
 from tributary.stack.errors import StackError
 
 BOOTSTRAP_DAG = "tributary_bootstrap"
@@ -36,7 +35,7 @@ def runnable_pipelines() -> list[Pipeline]:
     return [p for p in PIPELINES.values() if p.autostart and (REPO_ROOT / p.job_path).exists()]
 
 
-def start(settings: Settings, statuses: Sequence[ComponentStatus], progress: Progress) -> None:
+def start(settings: Settings, progress: Progress) -> None:
     password = admin_password(settings)
     if password is None:
         raise StackError(f"no Airflow admin password in {passwords_file(settings)}; is the api-server up?")

@@ -14,12 +14,14 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
+import psycopg
 import pytest
 
 from tributary.airflow_api import AirflowApi, AirflowApiError
@@ -83,6 +85,11 @@ def pid_records(state_dir: Path) -> dict[str, PidRecord]:
         assert record is not None
         records[path.stem] = record
     return records
+
+
+def sink_counts(conn: psycopg.Connection[Any], tables: Sequence[str]) -> dict[str, int]:
+    """Rows per table."""
+    return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}  # type: ignore[index]
 
 
 @pytest.fixture
@@ -151,7 +158,7 @@ def test_up_is_healthy_idempotent_and_down_stops_everything(stack_env: dict[str,
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         with pg_connect(data_url) as conn:
-            counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in sinks}  # type: ignore[index]
+            counts = sink_counts(conn, sinks)
             age = conn.execute(
                 "SELECT extract(epoch FROM now() - min(latest)) FROM ("
                 "SELECT max(recorded_at) AS latest FROM job_heartbeats WHERE input_rows > 0 GROUP BY job_name) AS l"
@@ -245,7 +252,7 @@ def test_up_is_healthy_idempotent_and_down_stops_everything(stack_env: dict[str,
     # from its checkpoint (Spark's batch ids go on from where they were, not from 0).
     kafka = KafkaLog({"bootstrap.servers": stack_env["TRIBUTARY_KAFKA_BOOTSTRAP"]}, client_id="test-stack")
     with pg_connect(data_url) as conn:
-        kept = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in sinks}  # type: ignore[index]
+        kept = sink_counts(conn, sinks)
         last_batch = {
             (job, query): batch
             for job, query, batch in conn.execute(
@@ -265,7 +272,7 @@ def test_up_is_healthy_idempotent_and_down_stops_everything(stack_env: dict[str,
     deadline = time.monotonic() + 180
     while True:
         with pg_connect(data_url) as conn:
-            now = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in sinks}  # type: ignore[index]
+            now = sink_counts(conn, sinks)
             resumed = {
                 (job, query): batch
                 for job, query, batch in conn.execute(

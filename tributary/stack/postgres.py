@@ -21,10 +21,11 @@ import psycopg
 from psycopg import sql
 
 from tributary.clients import pg_connect
+from tributary.settings import Endpoint, load_settings
 from tributary.stack.component import Component, ComponentStatus, State
 from tributary.stack.errors import BinaryMissingError, StackError, UnreachableError
 from tributary.stack.health import Unhealthy, wait_healthy
-from tributary.stack.ports import ensure_port_free
+from tributary.stack.ports import ensure_port_free, free_port
 from tributary.stack.processes import PidRecord, read_proc_stat
 
 MAINTENANCE_DB = "postgres"
@@ -277,16 +278,12 @@ def scratch_server(configured: str | None, default: str, *, setting: str) -> Ite
     otherwise a private cluster on a free loopback port in a temporary directory, stopped and
     removed on the way out. Tests and benchmarks use it, so neither needs a server running first.
     """
-    from tributary.settings import load_settings
-    from tributary.stack.ports import free_port
-
     url = database_url(configured or default, MAINTENANCE_DB)
     reason = server_answers(url, timeout=3)
     if reason is None:
         yield url
         return
-    host = urlsplit(url).hostname or ""
-    if configured and host not in {"127.0.0.1", "localhost", "::1"}:
+    if configured and not Endpoint(urlsplit(url).hostname or "", 0, setting).is_loopback:
         raise UnreachableError(
             f"PostgreSQL at {redact_url(url)} ({setting}) does not answer ({reason}); start it, or unset "
             f"{setting} to have a private cluster started"
